@@ -1,0 +1,184 @@
+"""
+# mgllava_data
+
+Brings MG-LLaVA's training corpus into object storage, extracts and validates every image, and assembles manifests,
+the trainer's `data/` layout and a run report.
+
+**Per source** (one task group each, built from the catalog):
+`plan` (what changed upstream?) → `fetch` (one mapped task per remote file, verified, resumable)
+→ `shard` (cut archives into byte ranges) → `extract` (one mapped task per shard: safe paths, sha256, full decode,
+write, manifest rows) → `finalize` (merge the manifest, diff, record state, emit the source's Asset event).
+
+**Then once**, whatever the sources' outcome: `assemble` writes `runs/<run_id>/report.json` and `report.html` and
+materialises `data/` when `MGDATA_LAYOUT_DIR` is set; `check_sources` fails the run when any source failed, so the
+run's colour tells the truth while the report still covers everything that succeeded.
+
+Settings come from `MGDATA_STORAGE`, `MGDATA_S3_CONN_ID`, `MGDATA_CATALOG`, `MGDATA_LAYOUT_DIR`; the params below
+override them per run. Sources whose adapter is not built yet show as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task
+
+from mgdata.catalog import load_catalog
+from mgdata.settings import Settings
+
+# Parsing must stay cheap (the dag-processor re-parses constantly): reading the catalog is one small YAML file.
+CATALOG = load_catalog(Settings.from_env().catalog)
+
+POOLS = {"http": "mgdata_http", "huggingface": "mgdata_hf", "gdrive": "mgdata_gdrive", "urllist": "mgdata_urllist",
+         "manual": "mgdata_http"}
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("MGDATA_RETRY_DELAY_SECONDS", "30")))
+NETWORK_RETRIES = {"retries": 4, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0,
+                   "max_retry_delay": timedelta(minutes=30)}
+
+CORPUS = Asset(name="mgllava_data.corpus", uri="mgdata://corpus")
+
+
+def source_asset(name: str) -> Asset:
+    return Asset(name=f"mgllava_data.{name}", uri=f"mgdata://sources/{name}")
+
+
+def _run():
+    from mgdata.ingest import Run
+
+    context = get_current_context()
+    params = context["params"]
+    return Run(Settings.from_env(params), context["dag_run"].run_id, force=bool(params.get("force")))
+
+
+def _in_source(source: str, step: str, fn, *args):
+    """Run one stage; a skip or failure is recorded in the store so the report can say what happened."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mgdata.ingest import SourceSkipped, record_failure, record_skipped
+
+    run = _run()
+    try:
+        return fn(run, source, *args)
+    except SourceSkipped as e:
+        record_skipped(run, source, str(e))
+        raise AirflowSkipException(str(e)) from None
+    except Exception as e:
+        record_failure(run, source, step, e)
+        raise
+
+
+@task(**NETWORK_RETRIES)
+def plan(source: str) -> list[dict]:
+    """Compare each remote file with the last ingest (ETag, size, checksum) and decide what to fetch."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mgdata.ingest import plan_source
+
+    selected = get_current_context()["params"].get("sources") or []
+    if selected and source not in selected:
+        raise AirflowSkipException(f"{source} is not in this run's `sources` selection")
+    return _in_source(source, "plan", plan_source)
+
+
+@task(map_index_template="{{ file_name }}", **NETWORK_RETRIES)
+def fetch(source: str, file: dict) -> dict:
+    """Stream one remote file into raw/<source>/, resumable, verified against the catalog's checksums."""
+    from mgdata.ingest import fetch_file
+
+    get_current_context()["file_name"] = file["file"]
+    return _in_source(source, f"fetch[{file['file']}]", fetch_file, file["file"])
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=2, retry_delay=RETRY_DELAY)
+def shard(source: str, planned: list[dict] | None, fetched: list[dict] | None) -> list[str]:
+    """Cut each archive this run extracts into contiguous byte ranges (shards) from its central directory."""
+    from mgdata.ingest import plan_shards
+
+    return _in_source(source, "shard", plan_shards)
+
+
+@task(map_index_template="{{ shard_id }}", retries=2, retry_delay=RETRY_DELAY)
+def extract(source: str, shard_id: str) -> dict:
+    """One pass per member: safe path, sha256, full decode, write under data/ (or quarantine/), manifest row."""
+    from mgdata.ingest import extract_shard
+
+    get_current_context()["shard_id"] = shard_id
+    return _in_source(source, f"extract[{shard_id}]", extract_shard, shard_id)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=2, retry_delay=RETRY_DELAY)
+def finalize(source: str, shards: list[str] | None, extracted: list[dict] | None) -> dict:
+    """Merge shard manifests into manifests/<source>.parquet, diff with the last ingest, record state."""
+    from mgdata.ingest import finalize_source
+
+    summary = _in_source(source, "finalize", finalize_source)
+    get_current_context()["outlet_events"][source_asset(source)].extra = summary
+    return summary
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, outlets=[CORPUS], retries=2, retry_delay=RETRY_DELAY)
+def assemble() -> dict:
+    """Gather every source's outcome, materialise data/ if asked, and write the run report (JSON + HTML)."""
+    from mgdata.report import assemble_run
+
+    run = _run()
+    selected = list(run.catalog.selected(get_current_context()["params"].get("sources") or None))
+    result = assemble_run(run, selected)
+    get_current_context()["outlet_events"][CORPUS].extra = result
+    return result
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def check_sources(report: dict | None) -> None:
+    """Fail the run when any source failed (or the report could not be written)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if not report:
+        raise AirflowFailException("the run report was not written; see the assemble task's log")
+    if report["failed_sources"]:
+        raise AirflowFailException(f"sources failed: {', '.join(report['failed_sources'])}; report: {report['report']}")
+
+
+def source_group(name: str, kind: str, title: str):
+    with TaskGroup(group_id=name, tooltip=title):
+        pool = POOLS[kind]
+        planned = plan.override(pool=pool)(name)
+        fetched = fetch.override(pool=pool).partial(source=name).expand(file=planned)
+        shards = shard(name, planned, fetched)
+        extracted = extract.partial(source=name).expand(shard_id=shards)
+        return finalize.override(outlets=[source_asset(name)])(name, shards, extracted)
+
+
+@dag(
+    dag_id="mgllava_data",
+    doc_md=__doc__,
+    schedule="@weekly",
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mgllava", "ingestion", "vision-language"],
+    default_args={"owner": "mgllava-data", "retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0},
+    params={
+        "sources": Param([], type="array", items={"type": "string", "enum": list(CATALOG.sources)},
+                         title="Sources", description="Sources to ingest in this run; empty means every enabled source."),
+        "force": Param(False, type="boolean", title="Force re-fetch",
+                       description="Fetch and extract again even when nothing changed upstream."),
+        "storage": Param(None, type=["null", "string"], title="Object store",
+                         description="Overrides MGDATA_STORAGE: file:///abs/path or s3://bucket/prefix."),
+        "s3_conn_id": Param(None, type=["null", "string"], title="S3 connection",
+                            description="Overrides MGDATA_S3_CONN_ID: an Airflow AWS connection (endpoint_url in extra for MinIO)."),
+        "catalog": Param(None, type=["null", "string"], title="Catalog file",
+                         description="Overrides MGDATA_CATALOG for URLs and checksums; the task groups come from the parse-time catalog."),
+        "layout_dir": Param(None, type=["null", "string"], title="data/ directory",
+                            description="Overrides MGDATA_LAYOUT_DIR: where the trainer's data/ tree is materialised."),
+    },
+)
+def mgllava_data():
+    finals = [source_group(name, s.kind, s.title) for name, s in CATALOG.sources.items()]
+    report = assemble()
+    finals >> report
+    check_sources(report)
+
+
+mgllava_data()

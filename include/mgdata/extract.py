@@ -1,0 +1,159 @@
+"""Extract and validate in one pass, one shard at a time.
+
+`shard_file` reads an archive's directory (zip central directory; a tar is one shard since it can only be streamed)
+and writes each shard's member list to `work/`. `extract` streams one shard's byte range from the store, and for every
+member, in a thread pool (zlib, hashlib and Pillow's decoders release the GIL, so threads use every core): inflate and
+check it, hash it, fully decode it, write it under `data/<layout path>` (or `quarantine/<source>/` with the reason),
+and produce its manifest row. The rows go to one small Parquet part per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+
+from mgdata import manifest
+from mgdata.archive import (
+    ArchiveError,
+    Member,
+    MemberError,
+    inflate,
+    iter_tar,
+    iter_zip_shard,
+    plan_zip_shards,
+    read_zip_directory,
+    unsafe_reason,
+)
+from mgdata.catalog import RemoteFile
+from mgdata.images import check_image
+from mgdata.ingest import Run, SourceFailed, raw_key
+
+log = logging.getLogger("mgdata.extract")
+
+WORKERS = max(2, (os.cpu_count() or 2) * 2)  # I/O to the store overlaps decoding; 2x cores keeps both busy
+
+
+def shard_file(run: Run, source: str, f: RemoteFile) -> list[str]:
+    store, d = run.store, run.catalog.defaults
+    key = raw_key(source, f.name)
+    store.delete_prefix(manifest.parts_prefix(source, f.name))
+    if f.archive == "zip":
+        try:
+            with store.open_seekable(key) as fh:
+                members = read_zip_directory(fh)
+        except ArchiveError as e:
+            raise SourceFailed(f"source {source!r}, file {f.name}: {e}") from e
+        wanted = [m for m in members if m.kind != "dir" and (f.map_member(m.name) or unsafe_reason(m, max_member_bytes=d.max_member_bytes))]
+        shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
+        specs = [
+            {"file": f.name, "archive": "zip", "start": s.start, "end": s.end,
+             "members": [asdict(m) for m in wanted[s.first : s.first + s.count]]}
+            for s in shards
+        ]
+        log.info("%s/%s: %d of %d members in %d shards", source, f.name, len(wanted), len(members), len(specs))
+    else:
+        specs = [{"file": f.name, "archive": f.archive, "start": 0, "end": None, "members": []}]
+    for i, spec in enumerate(specs):
+        store.put_bytes(run.work_key(source, f.name, f"{i:05d}.json"), json.dumps(spec).encode())
+    return [f"{f.name}/{i:05d}" for i in range(len(specs))]
+
+
+def extract(run: Run, source: str, shard_id: str) -> dict:
+    store, d = run.store, run.catalog.defaults
+    file_name, index = shard_id.rsplit("/", 1)
+    f = run.file(source, file_name)
+    spec = json.loads(store.read_bytes(run.work_key(source, file_name, f"{index}.json")))
+    key = raw_key(source, f.name)
+    origin = f"raw/{source}/{f.name}!"
+    started = time.monotonic()
+    rows: list[dict] = []
+
+    def land(member: Member, data: bytes | None, error: str | None) -> dict:
+        target = f.map_member(member.name)
+        path = target or f"{f.target}/{member.name.replace('/', '_')}"
+        if error is None and target is not None and data is not None:
+            check = check_image(data, target)
+        else:
+            check = None
+        if check is not None and check.status in manifest.USABLE:
+            store.put_bytes(f"data/{target}", check.data)
+            out = check.data
+        else:
+            error = error or (check.error if check else "member not taken")
+            out = data
+            if data is not None and target is not None:
+                store.put_bytes(f"quarantine/{source}/{target}", data)
+        return {
+            "path": path,
+            "bytes": len(out) if out is not None else None,
+            "sha256": hashlib.sha256(out).hexdigest() if out is not None else None,
+            "format": check.format if check else None,
+            "width": check.width if check else None,
+            "height": check.height if check else None,
+            "status": check.status if check and check.status in manifest.USABLE else "invalid",
+            "error": check.error if check and check.status in manifest.USABLE else error,
+            "origin": origin + member.name,
+            "run_id": run.run_id,
+        }
+
+    def from_zip(member: Member, raw: bytes) -> dict:
+        reason = unsafe_reason(member, max_member_bytes=d.max_member_bytes)
+        if reason:
+            return land(member, None, reason)
+        try:
+            data = inflate(member, raw, max_member_bytes=d.max_member_bytes, max_ratio=d.max_ratio)
+        except MemberError as e:
+            return land(member, None, str(e))
+        return land(member, data, None)
+
+    def from_tar(member: Member, data: bytes | None) -> dict:
+        reason = unsafe_reason(member, max_member_bytes=d.max_member_bytes)
+        return land(member, None if reason else data, reason)
+
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix=f"extract-{source}") as pool:
+
+        def submit(fn, *args) -> None:
+            pending.append(pool.submit(fn, *args))
+            while len(pending) > 4 * WORKERS:  # bounded memory: at most this many members in flight
+                rows.append(pending.popleft().result())
+
+        try:
+            if spec["archive"] == "zip":
+                members = [Member(**m) for m in spec["members"]]
+                with store.open_range(key, spec["start"], spec["end"]) as stream:
+                    for member, raw in iter_zip_shard(stream, members, spec["start"]):
+                        submit(from_zip, member, raw)
+            elif spec["archive"] in ("tar", "tar.gz"):
+                with store.open_range(key) as stream:
+                    compression = "gz" if spec["archive"] == "tar.gz" else ""
+                    for member, data in iter_tar(stream, compression=compression, max_member_bytes=d.max_member_bytes):
+                        if member.kind == "dir" or not (f.map_member(member.name) or unsafe_reason(member, max_member_bytes=d.max_member_bytes)):
+                            continue
+                        submit(from_tar, member, data)
+            else:  # a plain file (an annotation JSON): copy it to its target key
+                with store.open_range(key) as src, store.writer(f.target) as out:
+                    while chunk := src.read(4 * 1024 * 1024):
+                        out.write(chunk)
+        except ArchiveError as e:
+            raise SourceFailed(f"source {source!r}, file {f.name}, shard {index}: {e}") from e
+        finally:
+            while pending:
+                rows.append(pending.popleft().result())
+
+    rows.sort(key=lambda r: r["path"])
+    if rows:
+        manifest.write_table(store, f"{manifest.parts_prefix(source, f.name)}{index}.parquet", manifest.to_table(rows))
+    counts = {s: 0 for s in manifest.STATUSES}
+    for r in rows:
+        counts[r["status"]] += 1
+    seconds = time.monotonic() - started
+    log.info("%s/%s shard %s: %d members in %.1f s (%.0f images/s): %s", source, f.name, index, len(rows), seconds,
+             len(rows) / seconds if seconds else 0, counts)
+    return {"shard": shard_id, "members": len(rows), "seconds": round(seconds, 3)} | counts
