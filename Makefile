@@ -20,6 +20,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 
 ## make test: set everything up and run the whole suite (what CI runs)
 test: venv
+	$(VENV)/bin/ruff check dags include plugins tests bench
+	$(VENV)/bin/ruff format --check dags include plugins tests bench
 	$(PY) -m pytest -q -p no:cacheprovider
 
 ## make demo: generate and serve the offline sample mirror, run the whole DAG on SQLite + a local-folder store

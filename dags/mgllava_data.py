@@ -30,11 +30,20 @@ from mgdata.settings import Settings
 # Parsing must stay cheap (the dag-processor re-parses constantly): reading the catalog is one small YAML file.
 CATALOG = load_catalog(Settings.from_env().catalog)
 
-POOLS = {"http": "mgdata_http", "huggingface": "mgdata_hf", "gdrive": "mgdata_gdrive", "urllist": "mgdata_urllist",
-         "manual": "mgdata_http"}
+POOLS = {
+    "http": "mgdata_http",
+    "huggingface": "mgdata_hf",
+    "gdrive": "mgdata_gdrive",
+    "urllist": "mgdata_urllist",
+    "manual": "mgdata_http",
+}
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("MGDATA_RETRY_DELAY_SECONDS", "30")))
-NETWORK_RETRIES = {"retries": 4, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0,
-                   "max_retry_delay": timedelta(minutes=30)}
+NETWORK_RETRIES = {
+    "retries": 4,
+    "retry_delay": RETRY_DELAY,
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
 
 CORPUS = Asset(name="mgllava_data.corpus", uri="mgdata://corpus")
 
@@ -137,7 +146,9 @@ def check_sources(report: dict | None) -> None:
     if not report:
         raise AirflowFailException("the run report was not written; see the assemble task's log")
     if report["failed_sources"]:
-        raise AirflowFailException(f"sources failed: {', '.join(report['failed_sources'])}; report: {report['report']}")
+        raise AirflowFailException(
+            f"sources failed: {', '.join(report['failed_sources'])}; report: {report['report']}"
+        )
 
 
 def source_group(name: str, kind: str, title: str):
@@ -158,20 +169,50 @@ def source_group(name: str, kind: str, title: str):
     catchup=False,
     max_active_runs=1,
     tags=["mgllava", "ingestion", "vision-language"],
-    default_args={"owner": "mgllava-data", "retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0},
+    default_args={
+        "owner": "mgllava-data",
+        "retries": 2,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": 2.0,
+    },
     params={
-        "sources": Param([], type="array", items={"type": "string", "enum": list(CATALOG.sources)},
-                         title="Sources", description="Sources to ingest in this run; empty means every enabled source."),
-        "force": Param(False, type="boolean", title="Force re-fetch",
-                       description="Fetch and extract again even when nothing changed upstream."),
-        "storage": Param(None, type=["null", "string"], title="Object store",
-                         description="Overrides MGDATA_STORAGE: file:///abs/path or s3://bucket/prefix."),
-        "s3_conn_id": Param(None, type=["null", "string"], title="S3 connection",
-                            description="Overrides MGDATA_S3_CONN_ID: an Airflow AWS connection (endpoint_url in extra for MinIO)."),
-        "catalog": Param(None, type=["null", "string"], title="Catalog file",
-                         description="Overrides MGDATA_CATALOG for URLs and checksums; the task groups come from the parse-time catalog."),
-        "layout_dir": Param(None, type=["null", "string"], title="data/ directory",
-                            description="Overrides MGDATA_LAYOUT_DIR: where the trainer's data/ tree is materialised."),
+        "sources": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": list(CATALOG.sources)},
+            title="Sources",
+            description="Sources to ingest in this run; empty means every enabled source.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force re-fetch",
+            description="Fetch and extract again even when nothing changed upstream.",
+        ),
+        "storage": Param(
+            None,
+            type=["null", "string"],
+            title="Object store",
+            description="Overrides MGDATA_STORAGE: file:///abs/path or s3://bucket/prefix.",
+        ),
+        "s3_conn_id": Param(
+            None,
+            type=["null", "string"],
+            title="S3 connection",
+            description="Overrides MGDATA_S3_CONN_ID: an Airflow AWS connection (endpoint_url in extra for MinIO).",
+        ),
+        "catalog": Param(
+            None,
+            type=["null", "string"],
+            title="Catalog file",
+            description="Overrides MGDATA_CATALOG for URLs and checksums; the task groups come from the parse-time catalog.",
+        ),
+        "layout_dir": Param(
+            None,
+            type=["null", "string"],
+            title="data/ directory",
+            description="Overrides MGDATA_LAYOUT_DIR: where the trainer's data/ tree is materialised.",
+        ),
     },
 )
 def mgllava_data():

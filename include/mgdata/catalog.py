@@ -113,7 +113,9 @@ class RemoteFile(_Model):
     @model_validator(mode="after")
     def _target_needed(self) -> RemoteFile:
         if self.target is None:
-            raise ValueError("target is required (the data/ prefix for archives, the store key for plain files)")
+            raise ValueError(
+                "target is required (the data/ prefix for archives, the store key for plain files)"
+            )
         return self
 
     @property
@@ -127,7 +129,7 @@ class RemoteFile(_Model):
             if not name.startswith(self.member_prefix):
                 return None
             name = name[len(self.member_prefix) :]
-        parts = [p for p in name.split("/") if p]
+        parts = [p for p in name.split("/") if p not in ("", ".")]  # tar -C dir . gives ./images/x.jpg
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             return None
         parts = parts[self.strip_components :]
@@ -166,6 +168,7 @@ class Defaults(_Model):
     max_shards: int = Field(default=256, gt=0, le=1024)  # Airflow's max_map_length is 1024
     max_member_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # uncompressed cap per member
     max_ratio: float = Field(default=200.0, gt=1)  # uncompressed/compressed cap per member (zip bombs)
+    max_archive_bytes: int = Field(default=2**40, gt=0)  # uncompressed cap per streamed tar (tar bombs)
 
 
 class Catalog(_Model):
@@ -202,8 +205,12 @@ def parse_catalog(raw: object, origin: str = "<catalog>") -> Catalog:
             Source.model_validate(body)
         except ValidationError as e:
             for err in e.errors():
-                field = _where(tuple(p for p in err["loc"] if p not in ("function-after[_fields_for_kind(), Mirror]",)))
-                problems.append(f"catalog {origin}: source {name!r}, field {field or '(source)'!r}: {err['msg']}")
+                field = _where(
+                    tuple(p for p in err["loc"] if p not in ("function-after[_fields_for_kind(), Mirror]",))
+                )
+                problems.append(
+                    f"catalog {origin}: source {name!r}, field {field or '(source)'!r}: {err['msg']}"
+                )
     if problems:
         raise CatalogError("\n".join(problems))
     try:

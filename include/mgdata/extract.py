@@ -49,14 +49,26 @@ def shard_file(run: Run, source: str, f: RemoteFile) -> list[str]:
                 members = read_zip_directory(fh)
         except ArchiveError as e:
             raise SourceFailed(f"source {source!r}, file {f.name}: {e}") from e
-        wanted = [m for m in members if m.kind != "dir" and (f.map_member(m.name) or unsafe_reason(m, max_member_bytes=d.max_member_bytes))]
+        wanted = [
+            m
+            for m in members
+            if m.kind != "dir"
+            and (f.map_member(m.name) or unsafe_reason(m, max_member_bytes=d.max_member_bytes))
+        ]
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
-            {"file": f.name, "archive": "zip", "start": s.start, "end": s.end,
-             "members": [asdict(m) for m in wanted[s.first : s.first + s.count]]}
+            {
+                "file": f.name,
+                "archive": "zip",
+                "start": s.start,
+                "end": s.end,
+                "members": [asdict(m) for m in wanted[s.first : s.first + s.count]],
+            }
             for s in shards
         ]
-        log.info("%s/%s: %d of %d members in %d shards", source, f.name, len(wanted), len(members), len(specs))
+        log.info(
+            "%s/%s: %d of %d members in %d shards", source, f.name, len(wanted), len(members), len(specs)
+        )
     else:
         specs = [{"file": f.name, "archive": f.archive, "start": 0, "end": None, "members": []}]
     for i, spec in enumerate(specs):
@@ -128,13 +140,23 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
             if spec["archive"] == "zip":
                 members = [Member(**m) for m in spec["members"]]
                 with store.open_range(key, spec["start"], spec["end"]) as stream:
-                    for member, raw in iter_zip_shard(stream, members, spec["start"]):
+                    for member, raw in iter_zip_shard(
+                        stream, members, spec["start"], max_member_bytes=d.max_member_bytes
+                    ):
                         submit(from_zip, member, raw)
             elif spec["archive"] in ("tar", "tar.gz"):
                 with store.open_range(key) as stream:
                     compression = "gz" if spec["archive"] == "tar.gz" else ""
-                    for member, data in iter_tar(stream, compression=compression, max_member_bytes=d.max_member_bytes):
-                        if member.kind == "dir" or not (f.map_member(member.name) or unsafe_reason(member, max_member_bytes=d.max_member_bytes)):
+                    for member, data in iter_tar(
+                        stream,
+                        compression=compression,
+                        max_member_bytes=d.max_member_bytes,
+                        max_total_bytes=d.max_archive_bytes,
+                    ):
+                        if member.kind == "dir" or not (
+                            f.map_member(member.name)
+                            or unsafe_reason(member, max_member_bytes=d.max_member_bytes)
+                        ):
                             continue
                         submit(from_tar, member, data)
             else:  # a plain file (an annotation JSON): copy it to its target key
@@ -149,11 +171,21 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
 
     rows.sort(key=lambda r: r["path"])
     if rows:
-        manifest.write_table(store, f"{manifest.parts_prefix(source, f.name)}{index}.parquet", manifest.to_table(rows))
+        manifest.write_table(
+            store, f"{manifest.parts_prefix(source, f.name)}{index}.parquet", manifest.to_table(rows)
+        )
     counts = {s: 0 for s in manifest.STATUSES}
     for r in rows:
         counts[r["status"]] += 1
     seconds = time.monotonic() - started
-    log.info("%s/%s shard %s: %d members in %.1f s (%.0f images/s): %s", source, f.name, index, len(rows), seconds,
-             len(rows) / seconds if seconds else 0, counts)
+    log.info(
+        "%s/%s shard %s: %d members in %.1f s (%.0f images/s): %s",
+        source,
+        f.name,
+        index,
+        len(rows),
+        seconds,
+        len(rows) / seconds if seconds else 0,
+        counts,
+    )
     return {"shard": shard_id, "members": len(rows), "seconds": round(seconds, 3)} | counts

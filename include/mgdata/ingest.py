@@ -139,7 +139,9 @@ def plan_source(run: Run, source: str) -> list[dict]:
         fetch, reason = _needs_fetch(run, source, f, rec)
         extract = fetch or _needs_extract(run, f, rec)
         decisions.append({"file": f.name, "fetch": fetch, "extract": extract, "reason": reason})
-        log.info("%s/%s: %s%s", source, f.name, "fetch" if fetch else "keep", f" ({reason})" if reason else "")
+        log.info(
+            "%s/%s: %s%s", source, f.name, "fetch" if fetch else "keep", f" ({reason})" if reason else ""
+        )
     _put_json(store, run.key(source, "plan.json"), {"source": source, "started": now(), "files": decisions})
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
 
@@ -195,7 +197,12 @@ def fetch_file(run: Run, source: str, file: str) -> dict:
     f = run.file(source, file)
     urls = [m.url for m in f.mirrors if m.kind == "http"]
     result = fetch_to_store(
-        urls, run.store, raw_key(source, file), label=f"{source}/{file}", size=f.size, checksums=dict(f.checksums)
+        urls,
+        run.store,
+        raw_key(source, file),
+        label=f"{source}/{file}",
+        size=f.size,
+        checksums=dict(f.checksums),
     )
     record = {
         "url": result.url,
@@ -292,15 +299,29 @@ def finalize_source(run: Run, source: str) -> dict:
         "run_id": run.run_id,
     }
     _put_json(store, run.key(source, "summary.json"), summary)
-    _put_json(store, source_state_key(source), {
-        "source": source,
-        "run_id": run.run_id,
-        "updated": summary["finished"],
-        "counts": counts,
-        "files": {f.name: _json(store, file_state_key(source, f.name)) for f in src.files},
-    })
-    return {k: summary[k] for k in ("status", "files_fetched", "bytes_fetched", "images_ok", "images_invalid",
-                                    "images_normalized", "expected_images")} | change.as_dict()
+    _put_json(
+        store,
+        source_state_key(source),
+        {
+            "source": source,
+            "run_id": run.run_id,
+            "updated": summary["finished"],
+            "counts": counts,
+            "files": {f.name: _json(store, file_state_key(source, f.name)) for f in src.files},
+        },
+    )
+    return {
+        k: summary[k]
+        for k in (
+            "status",
+            "files_fetched",
+            "bytes_fetched",
+            "images_ok",
+            "images_invalid",
+            "images_normalized",
+            "expected_images",
+        )
+    } | change.as_dict()
 
 
 def _count_check(usable: int, expected: int | None) -> str:
@@ -325,11 +346,25 @@ def _remove_stale(store: Store, source: str, old, removed_paths: list[str]) -> N
 
 def record_skipped(run: Run, source: str, reason: str) -> None:
     src = run.source(source)
-    _put_json(run.store, run.key(source, "summary.json"), {
-        "source": source, "title": src.title, "kind": src.kind, "status": "skipped", "error": reason,
-        "files_fetched": 0, "bytes_fetched": 0, "images_ok": 0, "images_invalid": 0, "images_normalized": 0,
-        "expected_images": src.expected_images, "run_id": run.run_id, "finished": now(),
-    })
+    _put_json(
+        run.store,
+        run.key(source, "summary.json"),
+        {
+            "source": source,
+            "title": src.title,
+            "kind": src.kind,
+            "status": "skipped",
+            "error": reason,
+            "files_fetched": 0,
+            "bytes_fetched": 0,
+            "images_ok": 0,
+            "images_invalid": 0,
+            "images_normalized": 0,
+            "expected_images": src.expected_images,
+            "run_id": run.run_id,
+            "finished": now(),
+        },
+    )
 
 
 def record_failure(run: Run, source: str, task: str, error: BaseException) -> None:
@@ -337,6 +372,13 @@ def record_failure(run: Run, source: str, task: str, error: BaseException) -> No
     message = str(error) if isinstance(error, SourceFailed | ValueError | RuntimeError | OSError) else ""
     message = message or f"{type(error).__name__}: {error}"
     stamp = f"{time.time_ns()}"
-    _put_json(run.store, run.key(source, "errors", f"{task}.{stamp}.json"), {
-        "source": source, "task": task, "error": message, "at": now(),
-    })
+    _put_json(
+        run.store,
+        run.key(source, "errors", f"{task}.{stamp}.json"),
+        {
+            "source": source,
+            "task": task,
+            "error": message,
+            "at": now(),
+        },
+    )

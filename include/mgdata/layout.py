@@ -48,7 +48,9 @@ def _place(store: Store, root: Path, path: str, size: int) -> str:
     return how
 
 
-def materialize(store: Store, root: str | os.PathLike, files: list[tuple[str, int]], prefixes: list[str]) -> dict:
+def materialize(
+    store: Store, root: str | os.PathLike, files: list[tuple[str, int]], prefixes: list[str]
+) -> dict:
     """Make `root/<path>` exist for every (path, size) in `files`; drop other files under `prefixes`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,20 @@ def source_outcome(run: Run, source: str) -> dict:
     src = run.source(source)
     last = errors[-1] if errors else None
     return {
-        "source": source, "title": src.title, "kind": src.kind, "status": "failed",
-        "error": f"{last['task']}: {last['error']}" if last else "did not finish (no summary and no recorded error)",
-        "files_fetched": 0, "bytes_fetched": 0, "images_ok": 0, "images_invalid": 0, "images_normalized": 0,
-        "expected_images": src.expected_images, "run_id": run.run_id,
+        "source": source,
+        "title": src.title,
+        "kind": src.kind,
+        "status": "failed",
+        "error": f"{last['task']}: {last['error']}"
+        if last
+        else "did not finish (no summary and no recorded error)",
+        "files_fetched": 0,
+        "bytes_fetched": 0,
+        "images_ok": 0,
+        "images_invalid": 0,
+        "images_normalized": 0,
+        "expected_images": src.expected_images,
+        "run_id": run.run_id,
     }
 
 
@@ -49,7 +59,9 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
             continue
         usable = table.filter(pc.is_in(table["status"], value_set=manifest.pa.array(list(manifest.USABLE))))
         files += list(zip(usable["path"].to_pylist(), usable["bytes"].to_pylist(), strict=True))
-        bad = table.filter(pc.equal(table["status"], "invalid")).select(["path", "error", "origin"]).to_pylist()
+        bad = (
+            table.filter(pc.equal(table["status"], "invalid")).select(["path", "error", "origin"]).to_pylist()
+        )
         quarantine += [{"source": name, **row} for row in bad]
 
     layout = None
@@ -59,8 +71,10 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         layout = materialize(store, run.settings.layout_dir, files, prefixes)
 
     failed = sorted(n for n, o in sources.items() if o["status"] == "failed")
-    totals = {k: sum(o.get(k) or 0 for o in sources.values())
-              for k in ("files_fetched", "bytes_fetched", "images_ok", "images_invalid", "images_normalized")}
+    totals = {
+        k: sum(o.get(k) or 0 for o in sources.values())
+        for k in ("files_fetched", "bytes_fetched", "images_ok", "images_invalid", "images_normalized")
+    }
     report = {
         "run_id": run.run_id,
         "status": "failed" if failed else "success",
@@ -77,13 +91,22 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         "ready_to_train": {
             "checked": False,
             "note": "no training JSONs are ingested yet; the check arrives with the annotation sources",
-            "referenced": 0, "present": 0, "missing": 0, "missing_by_prefix": {}, "ids_without_boxes": 0,
+            "referenced": 0,
+            "present": 0,
+            "missing": 0,
+            "missing_by_prefix": {},
+            "ids_without_boxes": 0,
         },
     }
     _put_json(store, f"runs/{run.run_id}/report.json", report)
     store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
-    return {"status": report["status"], "failed_sources": failed, "report": store.describe(f"runs/{run.run_id}/report.json"),
-            "images": totals["images_ok"] + totals["images_normalized"], "layout_files": len(files)}
+    return {
+        "status": report["status"],
+        "failed_sources": failed,
+        "report": store.describe(f"runs/{run.run_id}/report.json"),
+        "images": totals["images_ok"] + totals["images_normalized"],
+        "layout_files": len(files),
+    }
 
 
 def _mb(n: int | None) -> str:
@@ -102,29 +125,30 @@ def render_html(report: dict) -> str:
             f"<td>+{d.get('added', 0)} / −{d.get('removed', 0)} / ~{d.get('changed', 0)}</td><td>{e(s.get('error') or '')}</td></tr>"
         )
     quarantine = "".join(
-        f"<tr><td>{e(q['source'])}</td><td>{e(q['path'])}</td><td>{e(q['error'] or '')}</td></tr>" for q in report["quarantine"]
+        f"<tr><td>{e(q['source'])}</td><td>{e(q['path'])}</td><td>{e(q['error'] or '')}</td></tr>"
+        for q in report["quarantine"]
     )
     layout = report.get("layout")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mgllava_data run {e(report['run_id'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>mgllava_data run {e(report["run_id"])}</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 th {{ background: #f3f3f3; }} tr.failed td {{ background: #fde8e8; }} tr.skipped td {{ color: #888; }}
 .status-success {{ color: #17803d; }} .status-failed {{ color: #b91c1c; }}
 </style></head><body>
-<h1>mgllava_data run <code>{e(report['run_id'])}</code></h1>
-<p>Status: <strong class="status-{e(report['status'])}">{e(report['status'])}</strong> · store <code>{e(report['store'])}</code>
- · {report['totals']['images_ok'] + report['totals']['images_normalized']:,} usable images
- · {_mb(report['totals']['bytes_fetched'])} fetched · generated {generated}</p>
+<h1>mgllava_data run <code>{e(report["run_id"])}</code></h1>
+<p>Status: <strong class="status-{e(report["status"])}">{e(report["status"])}</strong> · store <code>{e(report["store"])}</code>
+ · {report["totals"]["images_ok"] + report["totals"]["images_normalized"]:,} usable images
+ · {_mb(report["totals"]["bytes_fetched"])} fetched · generated {generated}</p>
 <h2>Sources</h2>
 <table><tr><th>source</th><th>status</th><th>files fetched</th><th>bytes fetched</th><th>ok</th><th>normalized</th>
 <th>invalid</th><th>expected</th><th>diff (added/removed/changed)</th><th>error or reason</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2>data/ layout</h2>
-<p>{e(json.dumps(layout)) if layout else 'not materialised (set MGDATA_LAYOUT_DIR)'}</p>
-<h2>Quarantine ({report['quarantine_total']:,})</h2>
+<p>{e(json.dumps(layout)) if layout else "not materialised (set MGDATA_LAYOUT_DIR)"}</p>
+<h2>Quarantine ({report["quarantine_total"]:,})</h2>
 <table><tr><th>source</th><th>path</th><th>reason</th></tr>{quarantine}</table>
 </body></html>
 """

@@ -48,14 +48,20 @@ class Settings:
     def open_store(self, *, concurrency: int = 16) -> Store:
         if not self.storage.startswith("s3://"):
             return open_store(self.storage)
-        return open_store(self.storage, client=_s3_client_for(self.s3_conn_id, concurrency), max_concurrency=min(concurrency, 8))
+        return open_store(
+            self.storage,
+            client=_s3_client_for(self.s3_conn_id, concurrency),
+            max_concurrency=min(concurrency, 8),
+        )
 
 
 def _s3_client_for(conn_id: str | None, concurrency: int):
     """Credentials and endpoint come only from the Airflow connection (or boto3's own chain when none is named)."""
     pool = max(32, 2 * concurrency)
     if not conn_id:
-        return s3_client(endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None, max_pool_connections=pool)
+        return s3_client(
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None, max_pool_connections=pool
+        )
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     hook = S3Hook(aws_conn_id=conn_id)

@@ -281,7 +281,13 @@ class _S3MultipartWriter(ObjectWriter):
     def _submit(self, body: bytes) -> None:
         s = self._store
         if self._upload_id is None:
-            resp = s._call("CreateMultipartUpload", self._key, s.client.create_multipart_upload, Bucket=s.bucket, Key=s._full(self._key))
+            resp = s._call(
+                "CreateMultipartUpload",
+                self._key,
+                s.client.create_multipart_upload,
+                Bucket=s.bucket,
+                Key=s._full(self._key),
+            )
             self._upload_id = resp["UploadId"]
             self._pool = ThreadPoolExecutor(s.max_concurrency, thread_name_prefix="s3-part")
         number = len(self._parts) + 1
@@ -290,8 +296,14 @@ class _S3MultipartWriter(ObjectWriter):
         def upload() -> dict:
             try:
                 r = s._call(
-                    "UploadPart", self._key, s.client.upload_part,
-                    Bucket=s.bucket, Key=s._full(self._key), UploadId=self._upload_id, PartNumber=number, Body=body,
+                    "UploadPart",
+                    self._key,
+                    s.client.upload_part,
+                    Bucket=s.bucket,
+                    Key=s._full(self._key),
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    Body=body,
                 )
                 return {"PartNumber": number, "ETag": r["ETag"]}
             finally:
@@ -302,7 +314,14 @@ class _S3MultipartWriter(ObjectWriter):
     def commit(self) -> None:
         s = self._store
         if self._upload_id is None:
-            s._call("PutObject", self._key, s.client.put_object, Bucket=s.bucket, Key=s._full(self._key), Body=bytes(self._buf))
+            s._call(
+                "PutObject",
+                self._key,
+                s.client.put_object,
+                Bucket=s.bucket,
+                Key=s._full(self._key),
+                Body=bytes(self._buf),
+            )
             return
         try:
             if self._buf or not self._parts:
@@ -310,8 +329,13 @@ class _S3MultipartWriter(ObjectWriter):
                 self._buf.clear()
             parts = [f.result() for f in self._parts]
             s._call(
-                "CompleteMultipartUpload", self._key, s.client.complete_multipart_upload,
-                Bucket=s.bucket, Key=s._full(self._key), UploadId=self._upload_id, MultipartUpload={"Parts": parts},
+                "CompleteMultipartUpload",
+                self._key,
+                s.client.complete_multipart_upload,
+                Bucket=s.bucket,
+                Key=s._full(self._key),
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
             )
         except BaseException:
             self.abort()
@@ -368,7 +392,9 @@ class _S3RangeReader(io.RawIOBase):
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str, client, *, part_size: int = 16 * MiB, max_concurrency: int = 8):
+    def __init__(
+        self, bucket: str, prefix: str, client, *, part_size: int = 16 * MiB, max_concurrency: int = 8
+    ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
@@ -387,7 +413,9 @@ class S3Store(Store):
             return fn(**kwargs)
         except ClientError as e:
             code = _client_error_code(e)
-            raise StoreError(f"{op} {self.describe(key)} failed: {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}") from e
+            raise StoreError(
+                f"{op} {self.describe(key)} failed: {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}"
+            ) from e
         except BotoCoreError as e:
             raise StoreError(f"{op} {self.describe(key)} failed: {e}") from e
 
@@ -420,7 +448,9 @@ class S3Store(Store):
         return _S3MultipartWriter(self, key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call("PutObject", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data)
+        self._call(
+            "PutObject", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data
+        )
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
@@ -431,7 +461,9 @@ class S3Store(Store):
                 for o in page.get("Contents", []):
                     yield ObjectInfo(o["Key"][strip:], o["Size"], o.get("ETag", "").strip('"') or None)
         except Exception as e:
-            raise StoreError(f"ListObjectsV2 {self.describe(prefix)} failed: {_client_error_code(e) or e}") from e
+            raise StoreError(
+                f"ListObjectsV2 {self.describe(prefix)} failed: {_client_error_code(e) or e}"
+            ) from e
 
     def delete(self, key: str) -> None:
         self._call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
@@ -440,7 +472,13 @@ class S3Store(Store):
         keys = [self._full(o.key) for o in self.list(prefix)]
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]
-            self._call("DeleteObjects", prefix, self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            self._call(
+                "DeleteObjects",
+                prefix,
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
         return len(keys)
 
 
@@ -476,7 +514,9 @@ def s3_client(
         aws_session_token=aws_session_token,
         region_name=region_name,
     )
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region_name or session.region_name, config=config)
+    return session.client(
+        "s3", endpoint_url=endpoint_url, region_name=region_name or session.region_name, config=config
+    )
 
 
 def open_store(url: str, *, client=None, **s3_options) -> Store:
@@ -490,5 +530,7 @@ def open_store(url: str, *, client=None, **s3_options) -> Store:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StoreError(f"store URL {url!r} names no bucket (s3://bucket/prefix)")
-        return S3Store(parsed.netloc, parsed.path, client if client is not None else s3_client(), **s3_options)
+        return S3Store(
+            parsed.netloc, parsed.path, client if client is not None else s3_client(), **s3_options
+        )
     raise StoreError(f"store URL {url!r}: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")

@@ -7,7 +7,7 @@ values checked here are the ones the containers would see on a fresh checkout.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import json
 import re
 import shlex
@@ -46,6 +46,35 @@ AIRFLOW_SERVICES = [
 AIRFLOW_DAEMONS = [s for s in AIRFLOW_SERVICES if s != "airflow-init"]
 PROJECT_DIR = "/opt/airflow/project"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+
+# Keys allowed by the Compose specification (compose-spec/compose-spec schema/compose-spec.json), so a
+# typo such as `healtcheck:` or `depends-on:` fails here instead of at `docker compose up`.
+TOP_LEVEL_KEYS = {
+    "version",
+    "name",
+    "include",
+    "services",
+    "models",
+    "networks",
+    "volumes",
+    "secrets",
+    "configs",
+}
+SERVICE_KEYS = set(
+    """
+    develop deploy annotations attach build blkio_config cap_add cap_drop cgroup cgroup_parent command configs
+    container_name cpu_count cpu_percent cpu_shares cpu_quota cpu_period cpu_rt_period cpu_rt_runtime cpus
+    cpuset credential_spec depends_on device_cgroup_rules devices dns dns_opt dns_search domainname entrypoint
+    env_file label_file environment expose extends provider external_links extra_hosts gpus group_add
+    healthcheck hostname image init ipc isolation labels links logging mac_address mem_limit mem_reservation
+    mem_swappiness memswap_limit network_mode models networks oom_kill_disable oom_score_adj pid pids_limit
+    platform ports post_start pre_stop privileged profiles pull_policy pull_refresh_after read_only restart
+    runtime scale security_opt shm_size secrets sysctls stdin_open stop_grace_period stop_signal storage_opt
+    tmpfs tty ulimits use_api_socket user uts userns_mode volumes volumes_from working_dir
+    """.split()
+)
+HEALTHCHECK_KEYS = {"disable", "interval", "retries", "test", "timeout", "start_period", "start_interval"}
+DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,6 +236,14 @@ def pip_installs() -> list[list[str]]:
     return installs
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def pool_names(path: Path) -> set[str]:
     return set(json.loads(path.read_text()))
 
@@ -218,6 +255,24 @@ def pool_names(path: Path) -> set[str]:
 def test_compose_file_parses_with_safe_load():
     with COMPOSE_FILE.open() as f:
         assert yaml.safe_load(f) == load_compose()
+
+
+def test_compose_keys_follow_the_compose_spec():
+    compose = load_compose()
+    assert not {k for k in compose if not k.startswith("x-")} - TOP_LEVEL_KEYS
+    for name, svc in compose["services"].items():
+        unknown = {k for k in svc if not k.startswith("x-")} - SERVICE_KEYS
+        assert not unknown, f"{name}: unknown service keys {sorted(unknown)}"
+        assert not set(svc.get("healthcheck") or {}) - HEALTHCHECK_KEYS, name
+        for dep, spec in depends_on(name).items():
+            assert dep in compose["services"], f"{name} depends on unknown service {dep!r}"
+            assert spec.get("condition") in DEPENDS_ON_CONDITIONS, f"{name} -> {dep}: {spec}"
+        env = svc.get("environment") or {}
+        if isinstance(env, dict):
+            for key, value in env.items():
+                assert value is None or isinstance(value, str | int | float | bool), (
+                    f"{name}: {key} is not a scalar"
+                )
 
 
 def test_required_services_exist():
@@ -373,7 +428,7 @@ def test_airflow_init_waits_for_minio_bucket():
 
 
 def test_auth_uses_simple_auth_manager_with_preset_password():
-    if importlib.util.find_spec("airflow.providers.fab") is None:
+    if not _installed("apache-airflow-providers-fab"):
         for name in AIRFLOW_SERVICES:
             manager = env_of(name).get("AIRFLOW__CORE__AUTH_MANAGER", SIMPLE_AUTH_MANAGER)
             assert manager == SIMPLE_AUTH_MANAGER, f"{name}: {manager} is not installed"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store, probe
 from mgdata.mirror.server import Fault, MirrorServer
-from mgdata.storage import MiB, LocalStore, S3Store, s3_client
+from mgdata.storage import LocalStore, MiB, S3Store, s3_client
 
 NAME = "coco/train2017.zip"
 SIZE = 12 * MiB  # > 2 S3 parts of 5 MiB, so the S3 runs go through a real multipart upload
@@ -86,7 +87,9 @@ def assert_nothing_published(store, key: str) -> None:
     if isinstance(store, LocalStore):
         assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
     else:
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", [])
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get(
+            "Uploads", []
+        )
         assert uploads == []
 
 
@@ -171,11 +174,18 @@ def test_wrong_checksum_raises_and_publishes_nothing(mirror_server, store, algo)
 
     with pytest.raises(ChecksumMismatch) as err:
         fetch_to_store(
-            [mirror_server.url(NAME)], store, "raw/f.zip", label="coco/train2017", checksums={algo: wrong}, **FAST
+            [mirror_server.url(NAME)],
+            store,
+            "raw/f.zip",
+            label="coco/train2017",
+            checksums={algo: wrong},
+            **FAST,
         )
 
     msg = str(err.value)
-    assert msg.startswith(f"coco/train2017: {mirror_server.url(NAME)}: {algo} mismatch: expected {wrong}, got ")
+    assert msg.startswith(
+        f"coco/train2017: {mirror_server.url(NAME)}: {algo} mismatch: expected {wrong}, got "
+    )
     assert len(gets(mirror_server)) == 1  # a wrong body is not downloaded again from the same mirror
     assert_nothing_published(store, "raw/f.zip")
 
@@ -183,7 +193,9 @@ def test_wrong_checksum_raises_and_publishes_nothing(mirror_server, store, algo)
 @pytest.mark.parametrize("size", [SIZE - 1, SIZE + 1])
 def test_wrong_size_raises_and_publishes_nothing(mirror_server, store, size):
     with pytest.raises(ChecksumMismatch, match=rf"size mismatch: expected {size} bytes"):
-        fetch_to_store([mirror_server.url(NAME)], store, "raw/f.zip", label="coco/train2017", size=size, **FAST)
+        fetch_to_store(
+            [mirror_server.url(NAME)], store, "raw/f.zip", label="coco/train2017", size=size, **FAST
+        )
 
     assert_nothing_published(store, "raw/f.zip")
 
@@ -209,7 +221,12 @@ def test_all_mirrors_dead_names_every_url_without_secrets(mirror_server, local_s
 
     with caplog.at_level(logging.INFO, logger="mgdata.fetch"), pytest.raises(FetchError) as err:
         fetch_to_store(
-            [secret_first, secret_second], local_store, "raw/f.zip", label="coco/train2017", max_attempts=3, **FAST
+            [secret_first, secret_second],
+            local_store,
+            "raw/f.zip",
+            label="coco/train2017",
+            max_attempts=3,
+            **FAST,
         )
 
     msg = str(err.value)
@@ -226,10 +243,14 @@ def test_stalled_server_times_out_and_is_retried(mirror_server, local_store, pay
     mirror_server.add_faults(NAME, Fault(delay=3.0))
 
     t0 = time.monotonic()
-    r = fetch_to_store([mirror_server.url(NAME)], local_store, "raw/f.zip", label="coco/train2017", timeout=0.5, **FAST)
+    r = fetch_to_store(
+        [mirror_server.url(NAME)], local_store, "raw/f.zip", label="coco/train2017", timeout=0.5, **FAST
+    )
 
     assert r.attempts == 2
-    assert time.monotonic() - t0 < 2.5  # gave up on the stalled answer after the read timeout, not after the stall
+    assert (
+        time.monotonic() - t0 < 2.5
+    )  # gave up on the stalled answer after the read timeout, not after the stall
     assert local_store.read_bytes("raw/f.zip") == payload
 
 
@@ -237,7 +258,9 @@ def test_stall_mid_body_is_resumed(mirror_server, local_store, payload):
     # The first answer hangs up early, the resumed one stalls before its headers; the third finishes the file.
     mirror_server.add_faults(NAME, Fault(drop_after=DROP), Fault(delay=3.0))
 
-    r = fetch_to_store([mirror_server.url(NAME)], local_store, "raw/f.zip", label="coco/train2017", timeout=0.5, **FAST)
+    r = fetch_to_store(
+        [mirror_server.url(NAME)], local_store, "raw/f.zip", label="coco/train2017", timeout=0.5, **FAST
+    )
 
     assert r.resumes == 1 and r.attempts == 3
     assert [g[2] for g in gets(mirror_server)] == [None, f"bytes={DROP}-", f"bytes={DROP}-"]
@@ -248,10 +271,17 @@ def test_progress_lines(mirror_server, local_store):
     lines: list[str] = []
 
     fetch_to_store(
-        [mirror_server.url(NAME)], local_store, "raw/f.zip", label="coco/train2017", progress_every=0, log=lines.append
+        [mirror_server.url(NAME)],
+        local_store,
+        "raw/f.zip",
+        label="coco/train2017",
+        progress_every=0,
+        log=lines.append,
     )
 
-    progress = re.compile(r"^coco/train2017: [\d.]+ (B|KiB|MiB) of 12\.0 MiB \(\d+%\) at [\d.]+ \w+/s(, ETA \d+:\d\d:\d\d)?$")
+    progress = re.compile(
+        r"^coco/train2017: [\d.]+ (B|KiB|MiB) of 12\.0 MiB \(\d+%\) at [\d.]+ \w+/s(, ETA \d+:\d\d:\d\d)?$"
+    )
     assert any(progress.match(line) for line in lines), lines[:3]
     assert lines[-1].startswith("coco/train2017: fetched 12.0 MiB in ")
 

@@ -16,8 +16,12 @@ from mgdata.storage import LocalStore, S3Store, StoreError, open_store, s3_clien
 def store(request, tmp_path, moto_endpoint):
     if request.param == "local":
         return LocalStore(tmp_path / "store")
-    client = s3_client(endpoint_url=moto_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                       region_name="us-east-1")
+    client = s3_client(
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
     bucket = f"store-{os.urandom(4).hex()}"
     client.create_bucket(Bucket=bucket)
     return S3Store(bucket, "prefix", client, part_size=5 * 1024 * 1024, max_concurrency=4)
@@ -92,8 +96,12 @@ def test_open_store_urls(tmp_path):
 
 
 def test_missing_bucket_error_names_the_store(moto_endpoint):
-    client = s3_client(endpoint_url=moto_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                       region_name="us-east-1")
+    client = s3_client(
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
     store = S3Store("no-such-bucket-here", "p", client)
     with pytest.raises(StoreError, match=r"s3://no-such-bucket-here/p/k.*NoSuchBucket"):
         store.put_bytes("k", b"x")

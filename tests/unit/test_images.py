@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import pytest
-from mgdata.images import DEFAULT_MAX_PIXELS, ImageCheck, check_image, to_jpeg
 from PIL import Image, ImageFile
+
+from mgdata.images import DEFAULT_MAX_PIXELS, ImageCheck, check_image, to_jpeg
 
 SIZE = (120, 80)
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -246,6 +248,46 @@ class _Backoff:
         return d
 
 
+class _Digester:
+    """Hashes a stream on background threads, one per algorithm, so hashing overlaps network reads and store writes.
+
+    hashlib releases the GIL on large buffers; on CPUs without SHA extensions sha256 alone runs at ~200 MB/s, which
+    would otherwise cap a download. The queues are bounded (a few MiB), so memory stays flat.
+    """
+
+    def __init__(self, algorithms: list[str], depth: int = 8):
+        self._hashes = {a: hashlib.new(a) for a in algorithms}
+        self._queues: list[queue.Queue] = []
+        self._threads: list[threading.Thread] = []
+        for algo, h in self._hashes.items():
+            q: queue.Queue = queue.Queue(maxsize=depth)
+            t = threading.Thread(target=self._consume, args=(h, q), name=f"fetch-{algo}", daemon=True)
+            t.start()
+            self._queues.append(q)
+            self._threads.append(t)
+
+    @staticmethod
+    def _consume(h, q: queue.Queue) -> None:
+        while (chunk := q.get()) is not None:
+            h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        for q in self._queues:
+            q.put(chunk)
+
+    def close(self) -> None:
+        """Finish the queued chunks and stop the threads (idempotent)."""
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        self._queues, self._threads = [], []
+
+    def hexdigests(self) -> dict[str, str]:
+        self.close()
+        return {a: h.hexdigest() for a, h in self._hashes.items()}
+
+
 class _Progress:
     def __init__(self, label: str, every: float, emit: Callable[[str], None]):
         self.label, self.every, self.emit = label, every, emit
@@ -447,7 +489,7 @@ class _Fetch:
         """Fetch from one mirror; raises _GiveUp when this mirror cannot deliver a verified body."""
         safe = redact_url(url)
         writer: ObjectWriter | None = None
-        hashes: dict = {}
+        digester: _Digester | None = None
         written = 0  # bytes in the writer
         best = 0  # the most bytes this mirror ever got us to: progress resets the failure count
         total: int | None = None  # the file's full size as the server announced it
@@ -457,10 +499,12 @@ class _Fetch:
         self.progress.reset()
 
         def restart() -> None:
-            nonlocal writer, written
+            nonlocal writer, written, digester
             if writer is not None:
                 writer.abort()
-            writer, written = None, 0
+            if digester is not None:
+                digester.close()
+            writer, written, digester = None, 0, None
             self.progress.reset()
 
         try:
@@ -499,8 +543,9 @@ class _Fetch:
                         retry_after = _retry_after(resp)
                         continue
                     if status == 416 and written:
-                        restart()  # the file shrank under us
-                        failures, reason = failures + 1, f"HTTP 416 resuming at byte {written}; starting over"
+                        reason = f"HTTP 416 resuming at byte {written} (the file shrank?); starting over"
+                        restart()
+                        failures += 1
                         continue
                     if status not in (200, 206):
                         raise _GiveUp(f"HTTP {status} {resp.reason}".strip())
@@ -544,7 +589,7 @@ class _Fetch:
 
                     if writer is None:
                         writer = self.store.new_writer(self.key)
-                        hashes = {a: hashlib.new(a) for a in self.algorithms}
+                        digester = _Digester(self.algorithms)
                     dropped: str | None = None
                     body = resp.raw.stream(CHUNK, decode_content=False)
                     while True:
@@ -556,8 +601,7 @@ class _Fetch:
                             dropped = _describe(e, self.timeout)
                             break
                         writer.write(chunk)
-                        for h in hashes.values():
-                            h.update(chunk)
+                        digester.update(chunk)
                         written += len(chunk)
                         if self.size is not None and written > self.size:
                             raise _GiveUp(
@@ -579,9 +623,10 @@ class _Fetch:
                         continue
                     break
 
-            if writer is None:  # cannot happen (the loop only ends after a 200/206 body); be safe
+            # Cannot happen (the loop only ends after a 200/206 body), but never commit an unverified writer.
+            if writer is None or digester is None:
                 raise _GiveUp("no body received")
-            digests = {a: h.hexdigest() for a, h in hashes.items()}
+            digests = digester.hexdigests()
             if self.size is not None and written != self.size:
                 raise _GiveUp(f"size mismatch: expected {self.size} bytes, got {written}", integrity=True)
             for algo, want in self.expected.items():
@@ -593,6 +638,9 @@ class _Fetch:
             if writer is not None:
                 writer.abort()
             raise
+        finally:
+            if digester is not None:
+                digester.close()
 
         seconds = time.monotonic() - self.started
         note = f", {self.resumes} resume{'s' if self.resumes != 1 else ''}" if self.resumes else ""

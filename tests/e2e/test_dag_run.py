@@ -1,0 +1,216 @@
+"""The whole DAG, end to end: `airflow dags test mgllava_data` on SQLite against the generated offline mirror.
+
+Each run is a real `airflow dags test` subprocess (the command users run), with the store on a local folder or on S3
+(moto's server on loopback, credentials through an Airflow connection in the environment).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mgdata.mirror.build import build_mirror, write_catalog
+from mgdata.mirror.server import MirrorServer
+from mgdata.storage import open_store, s3_client
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+SECRET = "s3cr3t-key-never-logged"
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    replicas = build_mirror(root, images_per_source=30)
+    server = MirrorServer(root).start()
+    catalog = write_catalog(root, server.base_url, replicas, shard_bytes=1024 * 1024)
+    expected: dict[str, dict] = defaultdict(
+        lambda: {"images": 0, "broken": 0, "normalized": 0, "bytes": 0, "files": 0}
+    )
+    for r in replicas:
+        e = expected[r.source]
+        e["images"] += r.images
+        e["broken"] += r.broken
+        e["normalized"] += r.normalized
+        e["bytes"] += r.size
+        e["files"] += 1
+    yield SimpleNamespace(root=root, server=server, catalog=catalog, expected=dict(expected))
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow")
+    env = _env(home)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    return home
+
+
+def _env(home: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MGDATA_", "AIRFLOW"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        MGDATA_RETRY_DELAY_SECONDS="0",
+    )
+    env.update(extra)
+    return env
+
+
+def run_dag(home: Path, conf: dict | None = None, **env: str) -> subprocess.CompletedProcess:
+    cmd = [AIRFLOW, "dags", "test", "mgllava_data"] + (["-c", json.dumps(conf)] if conf else [])
+    return subprocess.run(cmd, env=_env(home, **env), capture_output=True, text=True, timeout=900)
+
+
+def latest_report(store) -> dict:
+    keys = sorted(o.key for o in store.list("runs/") if o.key.endswith("/report.json"))
+    assert keys, "no report written"
+    return json.loads(store.read_bytes(keys[-1]))
+
+
+def assert_first_run(report: dict, expected: dict, store) -> None:
+    assert report["status"] == "success", report["failed_sources"]
+    for name, e in expected.items():
+        s = report["sources"][name]
+        assert s["status"] == "ok", (name, s.get("error"))
+        assert s["files_fetched"] == e["files"]
+        assert s["bytes_fetched"] == e["bytes"]
+        assert s["images_ok"] + s["images_normalized"] == e["images"], name
+        assert s["images_normalized"] == e["normalized"], name
+        assert s["images_invalid"] == e["broken"], name
+        assert s["expected_images"] == e["images"]
+        table = pq.read_table(io.BytesIO(store.read_bytes(f"manifests/{name}.parquet")))
+        assert table.num_rows == e["images"] + e["broken"]
+        assert table.column_names == [
+            "path",
+            "bytes",
+            "sha256",
+            "format",
+            "width",
+            "height",
+            "status",
+            "error",
+            "origin",
+            "run_id",
+        ]
+    skipped = {n: s for n, s in report["sources"].items() if s["status"] == "skipped"}
+    assert {"llava_pretrain", "docvqa", "wikiart"} <= set(skipped)
+    assert all("not built yet" in s["error"] or "not supported" in s["error"] for s in skipped.values())
+    # the quarantine lists every broken member with its reason
+    assert report["quarantine_total"] == sum(e["broken"] for e in expected.values())
+    assert all(q["error"] for q in report["quarantine"])
+
+
+def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
+    store_url = (tmp_path / "store").as_uri()
+    layout = tmp_path / "data"
+    env = {
+        "MGDATA_STORAGE": store_url,
+        "MGDATA_CATALOG": str(mirror.catalog),
+        "MGDATA_LAYOUT_DIR": str(layout),
+    }
+    first = run_dag(airflow_home, **env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    store = open_store(store_url)
+    report = latest_report(store)
+    assert_first_run(report, mirror.expected, store)
+
+    # The trainer's data/ tree: every usable image is there (hardlinked from the store), and decodes.
+    files = sorted(p.relative_to(layout).as_posix() for p in layout.rglob("*") if p.is_file())
+    assert len(files) == sum(e["images"] for e in mirror.expected.values())
+    assert {f.split("/")[0] for f in files} == {"coco", "gqa", "textvqa", "vg", "ai2d"}
+    assert any(f.startswith("coco/train2017/") for f in files) and any(
+        f.startswith("vg/VG_100K_2/") for f in files
+    )
+    assert not any("annotations" in f or "__MACOSX" in f for f in files)
+    sample = layout / files[0]
+    assert sample.stat().st_ino == store.local_path(f"data/{files[0]}").stat().st_ino
+    for f in files[:: max(1, len(files) // 20)]:
+        with Image.open(layout / f) as im:
+            im.load()
+    assert (tmp_path / "store" / "runs" / report["run_id"] / "report.html").read_text().count("<tr") > 6
+
+    manifests = {o.key: store.read_bytes(o.key) for o in store.list("manifests/") if "/parts/" not in o.key}
+    second = run_dag(airflow_home, **env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    again = latest_report(store)
+    assert again["run_id"] != report["run_id"]
+    for name in mirror.expected:
+        s = again["sources"][name]
+        assert (s["status"], s["files_fetched"], s["bytes_fetched"]) == ("ok", 0, 0), name
+        assert s["diff"] == {"added": 0, "removed": 0, "changed": 0}
+    assert {
+        o.key: store.read_bytes(o.key) for o in store.list("manifests/") if "/parts/" not in o.key
+    } == manifests
+
+
+def test_s3_store_run_then_unchanged_refresh(mirror, airflow_home, moto_endpoint):
+    client = s3_client(
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="AKIAE2E",
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="mgdata-e2e")
+    conn = {
+        "conn_type": "aws",
+        "login": "AKIAE2E",
+        "password": SECRET,
+        "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
+    }
+    env = {
+        "MGDATA_STORAGE": "s3://mgdata-e2e/store",
+        "MGDATA_S3_CONN_ID": "mgdata_s3",
+        "AIRFLOW_CONN_MGDATA_S3": json.dumps(conn),
+        "MGDATA_CATALOG": str(mirror.catalog),
+    }
+    first = run_dag(airflow_home, **env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert SECRET not in first.stdout + first.stderr
+    store = open_store("s3://mgdata-e2e/store", client=client)
+    report = latest_report(store)
+    assert report["store"] == "s3://mgdata-e2e/store"
+    assert_first_run(report, mirror.expected, store)
+    data = [o for o in store.list("data/")]
+    assert len(data) == sum(e["images"] for e in mirror.expected.values())
+    assert store.stat("raw/coco/train2017.zip").size == mirror.expected["coco"]["bytes"]
+
+    second = run_dag(airflow_home, **env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    again = latest_report(store)
+    assert sum(s["bytes_fetched"] for s in again["sources"].values()) == 0
+
+
+def test_failed_source_fails_the_run_but_the_others_are_assembled(mirror, airflow_home, tmp_path):
+    import yaml
+
+    catalog = yaml.safe_load(mirror.catalog.read_text())
+    catalog["sources"]["ai2d"]["files"][0]["mirrors"] = [mirror.server.url("gone/ai2d-all.zip")]
+    broken = tmp_path / "catalog.yaml"
+    broken.write_text(yaml.safe_dump(catalog))
+    store_url = (tmp_path / "store").as_uri()
+    result = run_dag(
+        airflow_home, {"sources": ["ai2d", "textvqa"]}, MGDATA_STORAGE=store_url, MGDATA_CATALOG=str(broken)
+    )
+    assert result.returncode != 0, "a failed source must fail the run"
+    report = latest_report(open_store(store_url))
+    assert report["status"] == "failed" and report["failed_sources"] == ["ai2d"]
+    assert set(report["sources"]) == {"ai2d", "textvqa"}
+    assert report["sources"]["textvqa"]["status"] == "ok"
+    assert (
+        "ai2d" in report["sources"]["ai2d"]["error"]
+        and "gone/ai2d-all.zip" in report["sources"]["ai2d"]["error"]
+    )
