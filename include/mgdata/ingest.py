@@ -26,8 +26,8 @@ from mgdata.storage import Store
 
 log = logging.getLogger("mgdata.ingest")
 
-# Source kinds whose fetch adapter exists; the others are declared in the catalog and skipped with this reason.
-ADAPTERS = {"http"}
+# Source kinds that can be ingested; the others are declared in the catalog and skipped with this reason.
+READY_KINDS = {"http"}
 PENDING_ADAPTER = {
     "huggingface": "the Hugging Face adapter is not built yet (issue #3)",
     "gdrive": "the Google Drive adapter is not built yet (issue #4)",
@@ -130,7 +130,7 @@ def plan_source(run: Run, source: str) -> list[dict]:
     nothing fetched.
     """
     src = run.source(source)
-    if src.kind not in ADAPTERS:
+    if src.kind not in READY_KINDS:
         raise SourceSkipped(PENDING_ADAPTER.get(src.kind, f"no adapter for source kind {src.kind!r}"))
     store = run.store
     decisions = []
@@ -163,10 +163,11 @@ def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool,
 
 
 def _remote_moved(f: RemoteFile, fetched: dict) -> tuple[bool, str]:
-    from mgdata.fetch.http import FetchError, probe
+    from mgdata.fetch import FetchError, probe_mirror
 
+    mirror = next((m for m in f.mirrors if m.describe() == fetched.get("mirror")), f.mirrors[0])
     try:
-        info = probe(fetched["url"])
+        info = probe_mirror(mirror)
     except FetchError as e:
         # A scheduled refresh must not destroy a verified copy because the upstream is down for a day.
         return False, f"kept: upstream unreachable ({e})"
@@ -192,19 +193,15 @@ def _needs_extract(run: Run, f: RemoteFile, rec: dict) -> bool:
 
 def fetch_file(run: Run, source: str, file: str) -> dict:
     """Stream one remote file into `raw/<source>/<file>`, verified, trying mirrors in catalog order."""
-    from mgdata.fetch.http import fetch_to_store
+    from mgdata.fetch import fetch_mirrors
 
     f = run.file(source, file)
-    urls = [m.url for m in f.mirrors if m.kind == "http"]
-    result = fetch_to_store(
-        urls,
-        run.store,
-        raw_key(source, file),
-        label=f"{source}/{file}",
-        size=f.size,
-        checksums=dict(f.checksums),
+    label = f"{source}/{file}"
+    result, mirror = fetch_mirrors(
+        f.mirrors, run.store, raw_key(source, file), label=label, size=f.size, checksums=dict(f.checksums)
     )
     record = {
+        "mirror": mirror.describe(),
         "url": result.url,
         "size": result.size,
         "sha256": result.sha256,
