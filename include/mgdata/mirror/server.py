@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import email.utils
 import http.server
+import json
 import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -67,11 +69,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self._serve(head=False)
 
+    def do_POST(self):  # only stand-in routes (e.g. the Hub's paths-info API) answer POST
+        self._serve(head=False, method="POST")
+
     # ----------------------------------------------------------------------------------------------------------------
 
-    def _serve(self, *, head: bool) -> None:
+    def _serve(self, *, head: bool, method: str | None = None) -> None:
         mirror = self.server.mirror
-        method = "HEAD" if head else "GET"
+        method = method or ("HEAD" if head else "GET")
         relpath = unquote(self.path.split("?", 1)[0].split("#", 1)[0]).lstrip("/")
         range_header = self.headers.get("Range")
         mirror._log(method, "/" + relpath, range_header)
@@ -88,10 +93,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._simple(fault.status, head, extra)
             return
 
+        for prefix, route in mirror.routes:
+            if relpath.startswith(prefix):
+                route(self, relpath, method)
+                return
+        if method == "POST":
+            self._simple(405, head)
+            return
         path = mirror._resolve(relpath)
         if path is None:
             self._simple(404, head)
             return
+        self.send_path(path, head=head, fault=fault)
+
+    def send_path(
+        self, path: Path, *, head: bool, fault: Fault | None = None, headers: dict | None = None
+    ) -> None:
+        """Answer with a file: validators, conditional requests, single ranges; `headers` are added (stand-ins)."""
+        mirror = self.server.mirror
+        range_header = self.headers.get("Range")
         st = path.stat()
         size = st.st_size
         etag = f'"{size:x}-{st.st_mtime_ns:x}"'
@@ -122,6 +142,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end - start))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         for k, v in validators.items():
@@ -163,6 +185,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     ahead = sent / rate_limit - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
+
+    def send_json(
+        self, status: int, value, headers: dict[str, str] | None = None, *, head: bool = False
+    ) -> None:
+        body = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
     def _simple(self, status: int, head: bool, headers: dict[str, str] | None = None) -> None:
         body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
@@ -211,9 +246,19 @@ class MirrorServer:
     """Serve `root` over HTTP on a background thread. `port=0` picks a free port; read it back from `base_url`."""
 
     def __init__(
-        self, root: str | Path, host: str = "127.0.0.1", port: int = 0, *, rate_limit: int | None = None
+        self,
+        root: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        rate_limit: int | None = None,
+        routes: list[tuple[str, Callable[[_Handler, str, str], None]]] | None = None,
     ):
+        """`routes`: (URL path prefix, handler) pairs for stand-ins of APIs (the Hub, Drive) served beside the files;
+        a handler gets (request handler, relative path, method) and answers through the request handler, e.g. with
+        `send_path()` or `send_json()`."""
         self.root = Path(root).resolve()
+        self.routes = list(routes or [])
         self.host = host
         self.port = port
         self.rate_limit = rate_limit  # bytes per second per connection
