@@ -341,27 +341,28 @@ def _remove_stale(store: Store, source: str, old, removed_paths: list[str]) -> N
 # ----------------------------------------------------------------------------------------------------------- outcome records
 
 
-def record_skipped(run: Run, source: str, reason: str) -> None:
+def no_ingest_summary(run: Run, source: str, status: str, reason: str) -> dict:
+    """The summary of a source that ingested nothing in this run (skipped, or failed before finalize)."""
     src = run.source(source)
-    _put_json(
-        run.store,
-        run.key(source, "summary.json"),
-        {
-            "source": source,
-            "title": src.title,
-            "kind": src.kind,
-            "status": "skipped",
-            "error": reason,
-            "files_fetched": 0,
-            "bytes_fetched": 0,
-            "images_ok": 0,
-            "images_invalid": 0,
-            "images_normalized": 0,
-            "expected_images": src.expected_images,
-            "run_id": run.run_id,
-            "finished": now(),
-        },
-    )
+    return {
+        "source": source,
+        "title": src.title,
+        "kind": src.kind,
+        "status": status,
+        "error": reason,
+        "files_fetched": 0,
+        "bytes_fetched": 0,
+        "images_ok": 0,
+        "images_invalid": 0,
+        "images_normalized": 0,
+        "expected_images": src.expected_images,
+        "run_id": run.run_id,
+        "finished": now(),
+    }
+
+
+def record_skipped(run: Run, source: str, reason: str) -> None:
+    _put_json(run.store, run.key(source, "summary.json"), no_ingest_summary(run, source, "skipped", reason))
 
 
 def record_failure(run: Run, source: str, task: str, error: BaseException) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pyarrow.compute as pc
 
 from mgdata import manifest
-from mgdata.ingest import Run, _json, _put_json, now
+from mgdata.ingest import Run, _json, _put_json, no_ingest_summary, now
 
 QUARANTINE_LISTED = 500
 
@@ -24,24 +24,11 @@ def source_outcome(run: Run, source: str) -> dict:
     if summary is not None:
         return summary
     errors = [_json(run.store, o.key) for o in run.store.list(run.key(source, "errors") + "/")]
-    src = run.source(source)
-    last = errors[-1] if errors else None
-    return {
-        "source": source,
-        "title": src.title,
-        "kind": src.kind,
-        "status": "failed",
-        "error": f"{last['task']}: {last['error']}"
-        if last
-        else "did not finish (no summary and no recorded error)",
-        "files_fetched": 0,
-        "bytes_fetched": 0,
-        "images_ok": 0,
-        "images_invalid": 0,
-        "images_normalized": 0,
-        "expected_images": src.expected_images,
-        "run_id": run.run_id,
-    }
+    last = max(errors, key=lambda e: e["at"]) if errors else None
+    reason = (
+        f"{last['task']}: {last['error']}" if last else "did not finish (no summary and no recorded error)"
+    )
+    return no_ingest_summary(run, source, "failed", reason)
 
 
 def assemble_run(run: Run, selected: list[str]) -> dict:
