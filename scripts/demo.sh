@@ -23,6 +23,10 @@ trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$demo/mirror.ready" ] && break; sleep 0.1; done
 [ -s "$demo/mirror.ready" ] || { echo "the sample mirror did not start; see $demo/mirror.log"; exit 1; }
 echo "sample mirror at $(cat "$demo/mirror.ready")"
+# The Hub stand-in answers on the same server; the generated catalog already names it as each Hub mirror's endpoint,
+# and HF_ENDPOINT covers Hub mirrors it does not name.
+export HF_ENDPOINT="$(cat "$demo/mirror.ready")"
+export MGDATA_GDRIVE_URL="$(cat "$demo/mirror.ready")/drive.google.com"  # the Drive stand-in on the same server
 
 status=0
 "$root/scripts/airflow-env.sh" airflow dags test mgllava_data >"$demo/dags-test.log" 2>&1 || status=$?
@@ -37,7 +41,8 @@ report = json.loads(store.read_bytes(runs[-1]))
 print(f"\nrun {report['run_id']}: {report['status']}")
 for name, s in report["sources"].items():
     print(f"  {name:22} {s['status']:8} fetched {s['bytes_fetched']/1e6:8.1f} MB  ok {s['images_ok']:5}  "
-          f"normalized {s['images_normalized']:3}  invalid {s['images_invalid']:3}  {s.get('error') or ''}")
+          f"normalized {s['images_normalized']:3}  invalid {s['images_invalid']:3}  missing {s.get('images_missing') or 0:3}  "
+          f"{s.get('error') or ''}")
 print(f"\nreport: {store.describe(runs[-1])}\n        {store.describe(runs[-1].replace('.json', '.html'))}")
 print(f"data/:  {os.environ.get('MGDATA_LAYOUT_DIR') or 'not materialised'}")
 print(f"log:    $demo/dags-test.log")

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SourceKind = Literal["http", "huggingface", "gdrive", "urllist", "manual"]
-ArchiveKind = Literal["zip", "tar", "tar.gz", "none"]
+# urllist: a JSON of id -> {imageURL, ...} (OCR-VQA's dataset.json); each image is fetched to <target>/<id>.jpg
+ArchiveKind = Literal["zip", "tar", "tar.gz", "none", "urllist"]
 
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.gif", "*.webp", "*.bmp", "*.tif", "*.tiff"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,8 +39,14 @@ class Mirror(_Model):
     url: str | None = None  # http
     repo: str | None = None  # huggingface: owner/name
     repo_type: Literal["model", "dataset"] = "dataset"
-    path: str | None = None  # huggingface: file path inside the repo
-    revision: str | None = None  # huggingface: a commit hash, pinned
+    # huggingface: the file's path inside the repo; gdrive: the file's name inside the folder `id`
+    path: str | None = None
+    # huggingface, instead of `path`: list the repo (API tree listing at plan time) and take every file matching this
+    # glob, e.g. "train_json/*.json"; each one becomes a file of the source named by its base name
+    path_glob: str | None = None
+    revision: str | None = None  # huggingface: a commit (or branch); resolved to the full commit at plan time
+    # huggingface: the Hub endpoint; default $HF_ENDPOINT, else https://huggingface.co
+    endpoint: str | None = None
     id: str | None = None  # gdrive file id
     # A mirror may hold a different packaging of the same data (different size and hash than the primary).
     size: int | None = None
@@ -47,10 +54,12 @@ class Mirror(_Model):
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Mirror:
-        need = {"http": ["url"], "huggingface": ["repo", "path"], "gdrive": ["id"]}[self.kind]
+        need = {"http": ["url"], "huggingface": ["repo"], "gdrive": ["id"]}[self.kind]
         missing = [f for f in need if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {self.kind} mirror needs {', '.join(missing)}")
+        if self.kind == "huggingface" and bool(self.path) == bool(self.path_glob):
+            raise ValueError("a huggingface mirror needs exactly one of path and path_glob")
         if self.kind == "http" and not re.match(r"^https?://", self.url or ""):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
         return self
@@ -59,8 +68,9 @@ class Mirror(_Model):
         if self.kind == "http":
             return self.url or ""
         if self.kind == "huggingface":
-            return f"hf://{self.repo_type}s/{self.repo}@{self.revision or 'main'}/{self.path}"
-        return f"gdrive://{self.id}"
+            where = self.path or self.path_glob
+            return f"hf://{self.repo_type}s/{self.repo}@{self.revision or 'main'}/{where}"
+        return f"gdrive://{self.id}" + (f"/{self.path}" if self.path else "")
 
 
 def _mirror(value):
@@ -122,6 +132,24 @@ class RemoteFile(_Model):
     def is_archive(self) -> bool:
         return self.archive != "none"
 
+    @property
+    def listed(self) -> bool:
+        """The entry stands for every repo file its `path_glob` mirror lists, expanded at plan time."""
+        return any(m.path_glob for m in self.mirrors)
+
+    def listed_file(self, mirror: Mirror, path: str) -> RemoteFile:
+        """The file a listing found at `path`: named by its base name; a plain file lands at `<target>/<name>`."""
+        name = path.rsplit("/", 1)[-1]
+        if not _NAME.match(name):
+            raise ValueError(f"listed file {path!r}: its name must be letters, digits, . _ -")
+        return self.model_copy(
+            update={
+                "name": name,
+                "mirrors": [mirror.model_copy(update={"path": path, "path_glob": None})],
+                "target": self.target if self.is_archive else f"{self.target}/{name}",
+            }
+        )
+
     def map_member(self, member: str) -> str | None:
         """The data/-relative path a member lands at, or None when the member is not taken."""
         name = member
@@ -171,10 +199,31 @@ class Defaults(_Model):
     max_archive_bytes: int = Field(default=2**40, gt=0)  # uncompressed cap per streamed tar (tar bombs)
 
 
+class TrainingFile(_Model):
+    """A training JSON the trainer reads, and the bbox JSON that must hold an entry for each of its image samples.
+
+    Both are store keys (where a source's plain file lands, its `target`). The ready-to-train check reads them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    json_key: str = Field(alias="json")
+    boxes: str | None = None  # None: the trainer reads no boxes for this JSON
+    optional: bool = False  # absent from the store is fine (e.g. LLaVA's mix665k, not in MG-LLaVA's recipe)
+
+
 class Catalog(_Model):
     version: Literal[1] = 1
     defaults: Defaults = Defaults()
     sources: dict[str, Source]
+    training: list[TrainingFile] = []
+
+    def provider(self, path: str) -> str | None:
+        """The source whose layout holds a data/-relative path, or None when no source provides it."""
+        for name, source in self.sources.items():
+            if any(path.startswith(prefix + "/") for prefix in source.layout):
+                return name
+        return None
 
     def selected(self, names: list[str] | None) -> dict[str, Source]:
         """The enabled sources, or exactly the named ones (in catalog order)."""

@@ -39,11 +39,36 @@ log = logging.getLogger("mgdata.extract")
 WORKERS = max(2, (os.cpu_count() or 2) * 2)  # I/O to the store overlaps decoding; 2x cores keeps both busy
 
 
-def shard_file(run: Run, source: str, f: RemoteFile) -> list[str]:
+def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False) -> list[str]:
+    """`retry_dead` (URL lists): shard only the ids whose last row is missing or invalid, and keep the other parts;
+    the new parts sort after them, so their rows win in the merge."""
     store, d = run.store, run.catalog.defaults
     key = raw_key(source, f.name)
-    store.delete_prefix(manifest.parts_prefix(source, f.name))
-    if f.archive == "zip":
+    prefix = f"retry{time.time_ns()}-" if retry_dead else ""
+    if not retry_dead:
+        store.delete_prefix(manifest.parts_prefix(source, f.name))
+    if f.archive == "urllist":
+        from mgdata.fetch.urllist import read_url_list, url_shards
+
+        try:
+            items = read_url_list(store.read_bytes(key), label=f"source {source!r}, file {f.name}")
+        except ValueError as e:
+            raise SourceFailed(str(e)) from e
+        if retry_dead:
+            table = manifest.read_table(store, manifest.source_key(source))
+            rows = (
+                zip(table["path"].to_pylist(), table["status"].to_pylist(), strict=True)
+                if table is not None
+                else []
+            )
+            dead = {path for path, status in rows if status not in manifest.USABLE}
+            items = [(i, u) for i, u in items if f"{f.target}/{i}.jpg" in dead]
+        chunks = url_shards(items, max_shards=d.max_shards)
+        specs = [{"file": f.name, "archive": "urllist", "retry": retry_dead, "items": c} for c in chunks]
+        log.info(
+            "%s/%s: %d URLs in %d shards%s", source, f.name, len(items), len(specs), " (retry)" * retry_dead
+        )
+    elif f.archive == "zip":
         try:
             with store.open_seekable(key) as fh:
                 members = read_zip_directory(fh)
@@ -72,8 +97,8 @@ def shard_file(run: Run, source: str, f: RemoteFile) -> list[str]:
     else:
         specs = [{"file": f.name, "archive": f.archive, "start": 0, "end": None, "members": []}]
     for i, spec in enumerate(specs):
-        store.put_bytes(run.work_key(source, f.name, f"{i:05d}.json"), json.dumps(spec).encode())
-    return [f"{f.name}/{i:05d}" for i in range(len(specs))]
+        store.put_bytes(run.work_key(source, f.name, f"{prefix}{i:05d}.json"), json.dumps(spec).encode())
+    return [f"{f.name}/{prefix}{i:05d}" for i in range(len(specs))]
 
 
 def extract(run: Run, source: str, shard_id: str) -> dict:
@@ -159,6 +184,13 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                         ):
                             continue
                         submit(from_tar, member, data)
+            elif spec["archive"] == "urllist":  # URL-list shards fetch their images right here
+                from mgdata.fetch.urllist import ingest_urls
+
+                rows += ingest_urls(
+                    store, source, f.target, [tuple(i) for i in spec["items"]], run_id=run.run_id,
+                    clear_quarantine=spec["retry"], log=log.info,
+                )  # fmt: skip
             else:  # a plain file (an annotation JSON): copy it to its target key
                 with store.open_range(key) as src, store.writer(f.target) as out:
                     while chunk := src.read(4 * 1024 * 1024):

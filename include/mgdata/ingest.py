@@ -27,13 +27,8 @@ from mgdata.storage import Store
 log = logging.getLogger("mgdata.ingest")
 
 # Source kinds that can be ingested; the others are declared in the catalog and skipped with this reason.
-READY_KINDS = {"http"}
-PENDING_ADAPTER = {
-    "huggingface": "the Hugging Face adapter is not built yet (issue #3)",
-    "gdrive": "the Google Drive adapter is not built yet (issue #4)",
-    "urllist": "the URL-list adapter is not built yet (issue #4)",
-    "manual": "registration-only sources are not supported yet (issue #4)",
-}
+READY_KINDS = {"http", "huggingface", "gdrive", "urllist", "manual"}
+PENDING_ADAPTER: dict[str, str] = {}
 
 
 class SourceSkipped(Exception):
@@ -106,8 +101,20 @@ class Run:
     def source(self, name: str) -> Source:
         return self.catalog.sources[name]
 
+    def files(self, source: str) -> list[RemoteFile]:
+        """The source's files in this run: the catalog's, each listed entry (`path_glob`) replaced by the files
+        this run's plan found for it."""
+        entries = self.source(source).files
+        if not any(f.listed for f in entries):
+            return list(entries)
+        found = _json(self.store, self.key(source, "listing.json")) or {}
+        out: list[RemoteFile] = []
+        for f in entries:
+            out += [RemoteFile.model_validate(d) for d in found.get(f.name, [])] if f.listed else [f]
+        return out
+
     def file(self, source: str, name: str) -> RemoteFile:
-        for f in self.source(source).files:
+        for f in self.files(source):
             if f.name == name:
                 return f
         raise SourceFailed(f"source {source!r}: the catalog declares no file {name!r}")
@@ -134,16 +141,131 @@ def plan_source(run: Run, source: str) -> list[dict]:
         raise SourceSkipped(PENDING_ADAPTER.get(src.kind, f"no adapter for source kind {src.kind!r}"))
     store = run.store
     decisions = []
-    for f in src.files:
+    if any(f.listed for f in src.files):
+        _put_json(store, run.key(source, "listing.json"), _list_files(run, source))
+    for f in run.files(source):
         rec = _json(store, file_state_key(source, f.name)) or {}
-        fetch, reason = _needs_fetch(run, source, f, rec)
+        if src.kind == "urllist" and not _chosen(run, f):
+            decisions.append(_not_chosen(run, source, f))
+            continue
+        if src.kind == "manual":
+            fetch, reason = _needs_fetch_provided(run, source, f, rec)
+        else:
+            fetch, reason = _needs_fetch(run, source, f, rec)
         extract = fetch or _needs_extract(run, f, rec)
-        decisions.append({"file": f.name, "fetch": fetch, "extract": extract, "reason": reason})
+        decision = {"file": f.name, "fetch": fetch, "extract": extract, "reason": reason}
+        if src.kind == "urllist" and not extract:
+            decision |= _path_refresh(run, source, f)
+            reason = decision["reason"]
+        decisions.append(decision)
         log.info(
             "%s/%s: %s%s", source, f.name, "fetch" if fetch else "keep", f" ({reason})" if reason else ""
         )
     _put_json(store, run.key(source, "plan.json"), {"source": source, "started": now(), "files": decisions})
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
+
+
+def _chosen(run: Run, f: RemoteFile) -> bool:
+    """URL-list sources have two paths to the same images: the URL list itself, or a mirror's archive of them."""
+    return (f.archive == "urllist") == (run.settings.ocr_vqa_images == "urls")
+
+
+def _not_chosen(run: Run, source: str, f: RemoteFile) -> dict:
+    # Its rows leave the manifest: the chosen path's files alone make the images (finalize merges again).
+    dropped = run.store.delete_prefix(manifest.parts_prefix(source, f.name))
+    path = "urls" if f.archive == "urllist" else "mirror"
+    reason = f"not used: ocr_vqa_images={run.settings.ocr_vqa_images!r} (this file is the {path!r} path)"
+    log.info("%s/%s: %s%s", source, f.name, reason, f"; {dropped} manifest parts dropped" if dropped else "")
+    return {"file": f.name, "fetch": False, "extract": False, "reason": reason, "chosen": False}
+
+
+def _path_refresh(run: Run, source: str, f: RemoteFile) -> dict:
+    """An unchanged file of a URL-list source: extracted again when its rows are gone (the other path was used in
+    between); for the URL list itself, only the ids whose last row is missing or invalid are fetched again (dead URLs
+    may come back)."""
+    if not any(True for _ in run.store.list(manifest.parts_prefix(source, f.name))):
+        return {
+            "extract": True,
+            "reason": "unchanged, but its rows were dropped when the other path was used",
+        }
+    if f.archive != "urllist":
+        return {}
+    table = manifest.read_table(run.store, manifest.source_key(source))
+    dead = 0 if table is None else table.num_rows - sum(manifest.counts(table)[s] for s in manifest.USABLE)
+    if not dead:
+        return {}
+    return {"extract": True, "retry_dead": True, "reason": f"unchanged; retrying {dead} dead or broken URLs"}
+
+
+def _needs_fetch_provided(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool, str]:
+    """Registration-only: SourceSkipped (with the instructions) until the user provides the file; then fetched
+    again only when what they provided changed (a new inbox upload, another URL)."""
+    from mgdata.manual import find_provided
+
+    provided = find_provided(run.store, source, run.source(source), f)
+    fetched = rec.get("fetch")
+    if run.force:
+        return True, f"forced ({provided.where})"
+    if not fetched:
+        return True, f"new ({provided.where})"
+    raw = run.store.stat(raw_key(source, f.name))
+    if raw is None or raw.size != fetched.get("size"):
+        return True, f"stored copy missing or incomplete ({provided.where})"
+    if (fetched.get("mirror"), fetched.get("etag")) != (provided.where, provided.etag or fetched.get("etag")):
+        return True, f"provided copy changed ({provided.where})"
+    return False, f"unchanged ({provided.where})"
+
+
+def listing_state_key(source: str, entry: str) -> str:
+    return f"state/{source}/listings/{entry}.json"
+
+
+def _list_files(run: Run, source: str) -> dict[str, list[dict]]:
+    """Expand every listed entry of the source through its repo's file listing (first mirror that answers).
+
+    An unreachable listing during a refresh falls back to the last successful one, like an unreachable upstream keeps
+    a verified copy; with no earlier listing the source fails, naming the entry."""
+    from mgdata.fetch import FetchError
+    from mgdata.fetch.huggingface import list_files
+    from mgdata.settings import hf_token
+
+    src, found, names = run.source(source), {}, [f.name for f in run.source(source).files if not f.listed]
+    for f in src.files:
+        if not f.listed:
+            continue
+        failures = []
+        for m in (m for m in f.mirrors if m.path_glob):
+            try:
+                commit, hub_files = list_files(m, token=hf_token())
+            except FetchError as e:
+                failures.append(str(e))
+                continue
+            if not hub_files:
+                failures.append(f"{m.describe()}: no file matches at commit {commit}")
+                continue
+            try:
+                files = [f.listed_file(m, h.path).model_dump() for h in hub_files]
+            except ValueError as e:
+                raise SourceFailed(f"source {source!r}, file entry {f.name!r}: {e}") from None
+            listing = {"commit": commit, "mirror": m.describe(), "files": files, "run_id": run.run_id}
+            _put_json(run.store, listing_state_key(source, f.name), listing)
+            log.info("%s/%s: %d files listed at commit %s", source, f.name, len(files), commit)
+            break
+        else:
+            listing = _json(run.store, listing_state_key(source, f.name))
+            if listing is None:
+                raise SourceFailed(
+                    f"source {source!r}, file entry {f.name!r}: listing failed: {'; '.join(failures)}"
+                )
+            log.warning(
+                "%s/%s: listing failed, keeping the last one (%s)", source, f.name, "; ".join(failures)
+            )
+        found[f.name] = listing["files"]
+        names += [d["name"] for d in listing["files"]]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise SourceFailed(f"source {source!r}: listed files clash with other files of the source: {clashes}")
+    return found
 
 
 def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool, str]:
@@ -175,7 +297,9 @@ def _remote_moved(f: RemoteFile, fetched: dict) -> tuple[bool, str]:
         moved = info.etag != fetched["etag"]
     else:
         moved = (info.last_modified, info.size) != (fetched.get("last_modified"), fetched.get("size"))
-    return (True, "upstream changed") if moved else (False, "unchanged (ETag/Last-Modified/size)")
+    # A Hub mirror's URL names the commit its revision resolved to: the plan records it.
+    at = f" at {info.url}" if mirror.kind == "huggingface" else ""
+    return (True, f"upstream changed{at}") if moved else (False, f"unchanged (ETag/Last-Modified/size){at}")
 
 
 def _needs_extract(run: Run, f: RemoteFile, rec: dict) -> bool:
@@ -197,11 +321,21 @@ def fetch_file(run: Run, source: str, file: str) -> dict:
 
     f = run.file(source, file)
     label = f"{source}/{file}"
-    result, mirror = fetch_mirrors(
-        f.mirrors, run.store, raw_key(source, file), label=label, size=f.size, checksums=dict(f.checksums)
-    )
+    if run.source(source).kind == "manual":
+        from mgdata.manual import fetch_provided, find_provided
+
+        provided = find_provided(run.store, source, run.source(source), f)
+        where = provided.where
+        result = fetch_provided(
+            run.store, provided, raw_key(source, file), label=label, size=f.size, checksums=dict(f.checksums)
+        )
+    else:
+        result, mirror = fetch_mirrors(
+            f.mirrors, run.store, raw_key(source, file), label=label, size=f.size, checksums=dict(f.checksums)
+        )
+        where = mirror.describe()
     record = {
-        "mirror": mirror.describe(),
+        "mirror": where,
         "url": result.url,
         "size": result.size,
         "sha256": result.sha256,
@@ -233,7 +367,7 @@ def plan_shards(run: Run, source: str) -> list[str]:
     ids: list[str] = []
     for d in plan["files"]:
         if d["extract"]:
-            ids += shard_file(run, source, run.file(source, d["file"]))
+            ids += shard_file(run, source, run.file(source, d["file"]), retry_dead=d.get("retry_dead", False))
     return ids
 
 
@@ -253,20 +387,24 @@ def finalize_source(run: Run, source: str) -> dict:
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     old = manifest.read_table(store, manifest.source_key(source))
     if extracted or old is None:
-        parts = [o.key for f in src.files for o in store.list(manifest.parts_prefix(source, f.name))]
+        parts = [o.key for f in run.files(source) for o in store.list(manifest.parts_prefix(source, f.name))]
         new = manifest.merge([manifest.read_table(store, k) for k in parts])
         manifest.write_table(store, manifest.source_key(source), new)
     else:
         new = old
     change = manifest.diff(old, new)
     _remove_stale(store, source, old, change.removed_paths)
+    previous = (_json(store, source_state_key(source)) or {}).get("run_id")
 
     for name in extracted:
         rec = _json(store, file_state_key(source, name)) or {}
+        parts = [o.key for o in store.list(manifest.parts_prefix(source, name))]
         rec["extract"] = {
             "sha256": (rec.get("fetch") or {}).get("sha256"),
             "fingerprint": extract_fingerprint(run.file(source, name)),
             "run_id": run.run_id,
+            # what this file produced (OCR-VQA: how many images each path gave), kept when another path is used
+            "counts": manifest.counts(manifest.merge([manifest.read_table(store, k) for k in parts])),
         }
         _put_json(store, file_state_key(source, name), rec)
 
@@ -289,7 +427,10 @@ def finalize_source(run: Run, source: str) -> dict:
         "expected_images": src.expected_images,
         "count_check": _count_check(usable, src.expected_images),
         "diff": change.as_dict(),
+        "diff_paths": change.examples,
+        "diff_since": previous,  # the run of the last successful ingest, None on the first
         "plan": plan["files"],
+        "by_file": _by_file(store, source, run.files(source), plan["files"]),
         "started": plan.get("started"),
         "finished": now(),
         "error": None,
@@ -304,7 +445,7 @@ def finalize_source(run: Run, source: str) -> dict:
             "run_id": run.run_id,
             "updated": summary["finished"],
             "counts": counts,
-            "files": {f.name: _json(store, file_state_key(source, f.name)) for f in src.files},
+            "files": {f.name: _json(store, file_state_key(source, f.name)) for f in run.files(source)},
         },
     )
     return {
@@ -319,6 +460,20 @@ def finalize_source(run: Run, source: str) -> dict:
             "expected_images",
         )
     } | change.as_dict()
+
+
+def _by_file(store: Store, source: str, files: list[RemoteFile], decisions: list[dict]) -> dict:
+    """Per file: whether this run used it, and the rows its last extract produced (by status)."""
+    unused = {d["file"] for d in decisions if d.get("chosen") is False}
+    out = {}
+    for f in files:
+        done = (_json(store, file_state_key(source, f.name)) or {}).get("extract") or {}
+        out[f.name] = {
+            "used": f.name not in unused,
+            "run_id": done.get("run_id"),
+            **(done.get("counts") or {}),
+        }
+    return out
 
 
 def _count_check(usable: int, expected: int | None) -> str:

@@ -19,9 +19,9 @@ from mgdata.storage import Store
 WORKERS = 16
 
 
-def _place(store: Store, root: Path, path: str, size: int) -> str:
+def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/") -> str:
     dst = root / path
-    src = store.local_path(f"data/{path}")
+    src = store.local_path(f"{prefix}{path}")
     try:
         st = dst.stat()
     except FileNotFoundError:
@@ -41,7 +41,7 @@ def _place(store: Store, root: Path, path: str, size: int) -> str:
             shutil.copyfile(src, tmp)
             how = "copied"
     else:
-        with store.open_range(f"data/{path}") as body, open(tmp, "wb") as out:
+        with store.open_range(f"{prefix}{path}") as body, open(tmp, "wb") as out:
             shutil.copyfileobj(body, out, 1024 * 1024)
         how = "downloaded"
     os.replace(tmp, dst)
@@ -69,3 +69,19 @@ def materialize(
                     (Path(dirpath) / name).unlink()
                     removed += 1
     return {"root": str(root), "files": len(files), "removed": removed, **outcome}
+
+
+def annotations_dir(layout_dir: str | os.PathLike) -> Path:
+    """Where the annotation files land: `annotations/` beside `data/`, i.e. in the folder the trainer runs from
+    (MG-LLaVA reads images from `image_folder='data'`, relative to its working directory)."""
+    return Path(layout_dir).resolve().parent / "annotations"
+
+
+def materialize_annotations(store: Store, layout_dir: str | os.PathLike) -> dict:
+    """Place every `annotations/<path>` object of the store at `annotations_dir(layout_dir)/<path>` (hardlinks from
+    a local store), e.g. `annotations/train_json/<name>.json` for a config's `data_path`."""
+    root = annotations_dir(layout_dir)
+    files = [(o.key[len("annotations/") :], o.size) for o in store.list("annotations/")]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        outcome = Counter(pool.map(lambda f: _place(store, root, f[0], f[1], "annotations/"), files))
+    return {"root": str(root), "files": len(files), **outcome}

@@ -75,12 +75,16 @@ def merge(tables: list[pa.Table]) -> pa.Table:
     return table.sort_by("path")
 
 
+DIFF_LISTED = 10  # paths listed per kind of change in a run's report
+
+
 @dataclass(frozen=True)
 class Diff:
     added: int
     removed: int
     changed: int
     removed_paths: list[str]
+    examples: dict[str, list[str]]  # the first DIFF_LISTED added / removed / changed paths, sorted
 
     def as_dict(self) -> dict:
         return {"added": self.added, "removed": self.removed, "changed": self.changed}
@@ -92,9 +96,16 @@ def diff(old: pa.Table | None, new: pa.Table) -> Diff:
     old_map = dict(zip(old["path"].to_pylist(), old["sha256"].to_pylist(), strict=True))
     new_map = dict(zip(new["path"].to_pylist(), new["sha256"].to_pylist(), strict=True))
     removed = sorted(set(old_map) - set(new_map))
-    added = len(set(new_map) - set(old_map))
-    changed = sum(1 for p, h in new_map.items() if p in old_map and old_map[p] != h)
-    return Diff(added=added, removed=len(removed), changed=changed, removed_paths=removed)
+    added = sorted(set(new_map) - set(old_map))
+    changed = sorted(p for p, h in new_map.items() if p in old_map and old_map[p] != h)
+    examples = {
+        "added": added[:DIFF_LISTED],
+        "removed": removed[:DIFF_LISTED],
+        "changed": changed[:DIFF_LISTED],
+    }
+    return Diff(
+        added=len(added), removed=len(removed), changed=len(changed), removed_paths=removed, examples=examples
+    )
 
 
 def counts(table: pa.Table) -> dict[str, int]:

@@ -53,9 +53,10 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
 
     layout = None
     if run.settings.layout_dir:
-        from mgdata.layout import materialize
+        from mgdata.layout import materialize, materialize_annotations
 
         layout = materialize(store, run.settings.layout_dir, files, prefixes)
+        layout["annotations"] = materialize_annotations(store, run.settings.layout_dir)
 
     failed = sorted(n for n, o in sources.items() if o["status"] == "failed")
     totals = {
@@ -77,7 +78,8 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         "quarantine_total": len(quarantine),
         "ready_to_train": {
             "checked": False,
-            "note": "no training JSONs are ingested yet; the check arrives with the annotation sources",
+            "ready": False,
+            "note": "pending: the verify task checks the training JSONs after assemble",
             "referenced": 0,
             "present": 0,
             "missing": 0,
@@ -93,11 +95,78 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         "report": store.describe(f"runs/{run.run_id}/report.json"),
         "images": totals["images_ok"] + totals["images_normalized"],
         "layout_files": len(files),
+        "totals": totals,
+        "sources": {name: {k: o.get(k) for k in ("status", *totals)} for name, o in sources.items()},
     }
+
+
+def verify_run(run: Run) -> dict:
+    """The ready-to-train check over the store's manifests (and the local tree), written into the run's report."""
+    from mgdata.annotations import check_store
+
+    key = f"runs/{run.run_id}/report.json"
+    report = _json(run.store, key)
+    if report is None:
+        raise RuntimeError(f"run {run.run_id}: no report at {run.store.describe(key)} (did assemble run?)")
+    layout_dir = run.settings.layout_dir if report.get("layout") else None
+    ready = check_store(run.store, run.catalog, layout_dir=layout_dir)
+    report["ready_to_train"] = ready
+    _put_json(run.store, key, report)
+    run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
+    keys = ("checked", "ready", "note", "referenced", "present", "missing", "broken", "ids_without_boxes")
+    return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}
 
 
 def _mb(n: int | None) -> str:
     return f"{(n or 0) / 1e6:,.1f} MB"
+
+
+def _ready_html(rt: dict) -> str:
+    """The ready-to-train verdict, counts per path prefix (named with the source that provides it) and first misses."""
+    e = html.escape
+    verdict = "ready" if rt.get("ready") else "not ready" if rt.get("checked") else "not checked"
+    rows = "".join(
+        f"<tr><td>{e(prefix)}</td><td>{e(p['source'] or p.get('note') or '')}</td><td>{p['referenced']:,}</td>"
+        f"<td>{p['present']:,}</td><td>{p['missing']:,}</td><td>{p['broken']:,}</td>"
+        f"<td>{e(', '.join(p['first_missing']))}</td></tr>"
+        for prefix, p in (rt.get("by_prefix") or {}).items()
+    )
+    files = "".join(
+        f"<li><code>{e(f['json'])}</code>: {e(f['status'])} · "
+        + (
+            f"{f['samples']:,} samples, {f['ids_without_boxes']:,} without boxes"
+            if f["status"] == "checked"
+            else e(f.get("note") or "")
+        )
+        + "</li>"
+        for f in rt.get("files") or []
+    )
+    table = (
+        "<table><tr><th>prefix</th><th>source</th><th>referenced</th><th>present</th><th>missing</th><th>broken</th>"
+        f"<th>first missing or broken</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    return f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}"
+
+
+def _paths_html(sources: dict) -> str:
+    """Sources with two paths to the same images (OCR-VQA: its URL list or a mirror's zip): what each produced."""
+    e = html.escape
+    rows = [
+        f"<tr><td>{e(name)}</td><td>{e(file)}</td><td>{'this run' if f['used'] else 'not used'}</td>"
+        f"<td>{(f.get('ok') or 0) + (f.get('normalized') or 0):,}</td><td>{f.get('invalid') or 0:,}</td>"
+        f"<td>{f.get('missing') or 0:,}</td><td>{e(f.get('run_id') or 'never')}</td></tr>"
+        for name, s in sources.items()
+        if any(f.get("used") is False for f in (s.get("by_file") or {}).values())
+        for file, f in s["by_file"].items()
+    ]
+    if not rows:
+        return ""
+    return (
+        "<h2>Images per path</h2><table><tr><th>source</th><th>path (file)</th><th>used</th><th>usable images</th>"
+        f"<th>invalid</th><th>missing</th><th>last extracted by run</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def render_html(report: dict) -> str:
@@ -133,6 +202,9 @@ th {{ background: #f3f3f3; }} tr.failed td {{ background: #fde8e8; }} tr.skipped
 <table><tr><th>source</th><th>status</th><th>files fetched</th><th>bytes fetched</th><th>ok</th><th>normalized</th>
 <th>invalid</th><th>expected</th><th>diff (added/removed/changed)</th><th>error or reason</th></tr>
 {"".join(rows)}</table>
+{_paths_html(report["sources"])}
+<h2>Ready to train</h2>
+{_ready_html(report.get("ready_to_train") or {})}
 <h2>data/ layout</h2>
 <p>{e(json.dumps(layout)) if layout else "not materialised (set MGDATA_LAYOUT_DIR)"}</p>
 <h2>Quarantine ({report["quarantine_total"]:,})</h2>

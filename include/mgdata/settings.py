@@ -6,8 +6,13 @@
 | `MGDATA_S3_CONN_ID` | Airflow AWS connection for S3 (`endpoint_url` in its extra for MinIO) | unset: boto3's default chain     |
 | `MGDATA_CATALOG`    | the catalog file                                                     | the shipped `include/catalog.yaml` |
 | `MGDATA_LAYOUT_DIR` | where a local `data/` tree is materialised                           | unset: no local tree             |
+| `MGDATA_OCR_VQA_IMAGES` | OCR-VQA's images from `urls` (dataset.json's Amazon URLs) or the `mirror` zip | `urls`            |
+| `MGDATA_GDRIVE_URL` | Google Drive's base URL (tests and the demo point it at a stand-in)  | `https://drive.google.com`       |
+| `MGDATA_GDRIVE_COOKIES` | a Netscape cookies file of a signed-in Google account (Drive quota) | unset: no cookies             |
+| `MGDATA_HF_CONN_ID` | Airflow connection whose password is the Hugging Face token          | unset: `HF_TOKEN`, else anonymous |
+| `HF_ENDPOINT`       | the Hugging Face Hub endpoint (a mirror's `endpoint` overrides it)   | `https://huggingface.co`         |
 
-The DAG's params `storage`, `s3_conn_id`, `catalog` and `layout_dir` override these per run.
+The DAG's params `storage`, `s3_conn_id`, `catalog`, `layout_dir` and `ocr_vqa_images` override these per run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Settings:
     catalog: str
     s3_conn_id: str | None = None
     layout_dir: str | None = None
+    ocr_vqa_images: str = "urls"  # "urls" | "mirror": OCR-VQA's path to its images in this run
 
     @classmethod
     def from_env(cls, overrides: dict | None = None) -> Settings:
@@ -40,7 +46,12 @@ class Settings:
             catalog=o.get("catalog") or os.environ.get("MGDATA_CATALOG") or str(SHIPPED_CATALOG),
             s3_conn_id=o.get("s3_conn_id") or os.environ.get("MGDATA_S3_CONN_ID") or None,
             layout_dir=o.get("layout_dir") or os.environ.get("MGDATA_LAYOUT_DIR") or None,
+            ocr_vqa_images=o.get("ocr_vqa_images") or os.environ.get("MGDATA_OCR_VQA_IMAGES") or "urls",
         )
+
+    def __post_init__(self) -> None:
+        if self.ocr_vqa_images not in ("urls", "mirror"):
+            raise ValueError(f"ocr_vqa_images must be 'urls' or 'mirror' (got {self.ocr_vqa_images!r})")
 
     def load_catalog(self) -> Catalog:
         return load_catalog(self.catalog)
@@ -73,3 +84,17 @@ def _s3_client_for(conn_id: str | None, concurrency: int):
         max_pool_connections=pool,
         config=conn.botocore_config,
     )
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token: the password of the Airflow connection `MGDATA_HF_CONN_ID`, else `HF_TOKEN`, else None.
+
+    Read at call time (a task may run long after the worker started); callers put it in an Authorization header
+    and never log it.
+    """
+    conn_id = os.environ.get("MGDATA_HF_CONN_ID")
+    if conn_id:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(conn_id).password or None
+    return os.environ.get("HF_TOKEN") or None

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from deployment_env import COMPONENTS, POOLS_FILE, Endpoints, airflow_environment
+from processes import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -565,3 +567,71 @@ def test_named_volumes_are_declared():
             source = vol.get("source", "") if isinstance(vol, dict) else vol.split(":")[0]
             if source and not source.startswith((".", "/", "$", "~")):
                 assert source in declared, f"{name}: volume {source!r} not declared"
+
+
+# --------------------------------------------------------------------------------------------------
+# in step with the deployment test: both read deployment_env
+
+
+def compose_endpoints() -> Endpoints:
+    """The endpoints and secrets compose gives its containers, in the shape the deployment test fills in."""
+    env, pg, minio = env_of("airflow-scheduler"), env_of("postgres"), env_of("minio")
+    api_port = {str(p).split(":")[-1] for p in service("airflow-apiserver").get("ports", [])}
+    assert api_port == {"8080"}, api_port
+    return Endpoints(
+        database=f"postgresql+psycopg2://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres/{pg['POSTGRES_DB']}",
+        broker="redis://:@redis:6379/0",
+        execution_api="http://airflow-apiserver:8080/execution/",
+        s3_endpoint="http://minio:9000",
+        s3_login=minio["MINIO_ROOT_USER"],
+        s3_password=minio["MINIO_ROOT_PASSWORD"],
+        jwt_secret=env["AIRFLOW__API_AUTH__JWT_SECRET"],
+        api_secret_key=env["AIRFLOW__API__SECRET_KEY"],
+        fernet_key=env["AIRFLOW__CORE__FERNET_KEY"],
+        admin_user=env_of("airflow-init")["_AIRFLOW_WWW_USER_USERNAME"],
+        passwords_file=env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"],
+    )
+
+
+def _comparable(env: dict[str, str]) -> dict[str, object]:
+    """Connection JSON compared as data, not text (key order and spacing do not matter)."""
+    return {k: json.loads(v) if k.startswith("AIRFLOW_CONN_") else v for k, v in env.items()}
+
+
+@pytest.mark.parametrize("name", AIRFLOW_SERVICES)
+def test_compose_settings_are_the_deployment_tests(name):
+    """Every Airflow setting compose sets is one the deployment test runs with, and the other way round."""
+    expected = _comparable(airflow_environment(compose_endpoints()))
+    env = env_of(name)
+    ours = {k: v for k, v in env.items() if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "MGDATA_"))}
+    ours = _comparable(ours)
+    differ = sorted(k for k in set(ours) | set(expected) if ours.get(k) != expected.get(k))
+    assert not differ, f"{name} differs from deployment_env.airflow_environment in {differ}"
+
+
+def test_deployment_test_runs_the_shared_settings(tmp_path):
+    """The local deployment adds paths, ports and short intervals, but overrides none of the shared settings."""
+    d = Deployment(
+        tmp_path,
+        catalog=tmp_path / "catalog.yaml",
+        s3_endpoint="http://127.0.0.1:1",
+        s3_login="a",
+        s3_password="b",
+    )
+    shared = airflow_environment(d.endpoints)
+    env = d.environment()
+    assert {k: env[k] for k in shared} == shared
+    assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).scheme == "postgresql+psycopg2"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).scheme == "redis"
+
+
+@pytest.mark.parametrize(("name", "args"), COMPONENTS.items())
+def test_compose_runs_the_deployment_tests_components(name, args):
+    assert command_text(name).split() == args
+
+
+def test_compose_imports_the_deployment_tests_pools():
+    script = command_text("airflow-init")
+    container_path = re.search(r"airflow\s+pools\s+import\s+(\S+)", script).group(1).strip("'\"")
+    assert container_to_host("airflow-init", container_path) == (ROOT / POOLS_FILE).resolve()

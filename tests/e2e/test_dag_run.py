@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 from mgdata.mirror.build import build_mirror, write_catalog
+from mgdata.mirror.hub import HubStandIn
 from mgdata.mirror.server import MirrorServer
+from mgdata.mirror.web_replicas import routes as web_routes
 from mgdata.storage import open_store, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -33,17 +35,20 @@ SECRET = "s3cr3t-key-never-logged"
 def mirror(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     replicas = build_mirror(root, images_per_source=30)
-    server = MirrorServer(root).start()
+    # One server for the HTTP replicas and the Hub stand-in; the catalog points the Hub mirrors at it (`endpoint`).
+    # The Drive and image-host stand-ins too (MGDATA_GDRIVE_URL points the gdrive adapter at them).
+    server = MirrorServer(root, routes=HubStandIn(root).routes() + web_routes(root)).start()
     catalog = write_catalog(root, server.base_url, replicas, shard_bytes=1024 * 1024)
     expected: dict[str, dict] = defaultdict(
-        lambda: {"images": 0, "broken": 0, "normalized": 0, "bytes": 0, "files": 0}
+        lambda: {"images": 0, "broken": 0, "normalized": 0, "missing": 0, "bytes": 0, "files": 0}
     )
     for r in replicas:
         e = expected[r.source]
         e["images"] += r.images
         e["broken"] += r.broken
         e["normalized"] += r.normalized
-        e["bytes"] += r.size
+        e["missing"] += r.missing  # OCR-VQA's dead URLs
+        e["bytes"] += (root / r.relpath).stat().st_size  # as served (OCR-VQA's URL list is rewritten)
         e["files"] += 1
     yield SimpleNamespace(root=root, server=server, catalog=catalog, expected=dict(expected))
     server.stop()
@@ -81,6 +86,10 @@ def latest_report(store) -> dict:
     return json.loads(store.read_bytes(keys[-1]))
 
 
+def table_paths(store, source: str) -> list[str]:
+    return pq.read_table(io.BytesIO(store.read_bytes(f"manifests/{source}.parquet")))["path"].to_pylist()
+
+
 def assert_first_run(report: dict, expected: dict, store) -> None:
     assert report["status"] == "success", report["failed_sources"]
     for name, e in expected.items():
@@ -91,9 +100,9 @@ def assert_first_run(report: dict, expected: dict, store) -> None:
         assert s["images_ok"] + s["images_normalized"] == e["images"], name
         assert s["images_normalized"] == e["normalized"], name
         assert s["images_invalid"] == e["broken"], name
-        assert s["expected_images"] == e["images"]
+        assert s["expected_images"] == (e["images"] or None)  # None: the annotation JSONs hold no images
         table = pq.read_table(io.BytesIO(store.read_bytes(f"manifests/{name}.parquet")))
-        assert table.num_rows == e["images"] + e["broken"]
+        assert table.num_rows == e["images"] + e["broken"] + e["missing"]
         assert table.column_names == [
             "path",
             "bytes",
@@ -107,8 +116,11 @@ def assert_first_run(report: dict, expected: dict, store) -> None:
             "run_id",
         ]
     skipped = {n: s for n, s in report["sources"].items() if s["status"] == "skipped"}
-    assert {"llava_pretrain", "docvqa", "wikiart"} <= set(skipped)
-    assert all("not built yet" in s["error"] or "not supported" in s["error"] for s in skipped.values())
+    assert {"llava_pretrain", "allava_laion", "allava_vflan", "mgllava_annotations"} <= set(expected)
+    assert {"share_textvqa", "web_celebrity", "web_landmark", "wikiart", "dvqa", "ocr_vqa"} <= set(expected)
+    # DocVQA needs registration: skipped (not failed), with the catalog's instructions as the reason
+    assert set(skipped) == {"docvqa"}
+    assert skipped["docvqa"]["error"].startswith("Register at https://rrc.cvc.uab.es/?ch=17")
     # the quarantine lists every broken member with its reason
     assert report["quarantine_total"] == sum(e["broken"] for e in expected.values())
     assert all(q["error"] for q in report["quarantine"])
@@ -120,6 +132,7 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     env = {
         "MGDATA_STORAGE": store_url,
         "MGDATA_CATALOG": str(mirror.catalog),
+        "MGDATA_GDRIVE_URL": f"{mirror.server.base_url}/drive.google.com",
         "MGDATA_LAYOUT_DIR": str(layout),
     }
     first = run_dag(airflow_home, **env)
@@ -131,7 +144,31 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     # The trainer's data/ tree: every usable image is there (hardlinked from the store), and decodes.
     files = sorted(p.relative_to(layout).as_posix() for p in layout.rglob("*") if p.is_file())
     assert len(files) == sum(e["images"] for e in mirror.expected.values())
-    assert {f.split("/")[0] for f in files} == {"coco", "gqa", "textvqa", "vg", "ai2d"}
+    assert {f.split("/")[0] for f in files} == {
+        "coco", "gqa", "textvqa", "vg", "ai2d", "LLaVA-Pretrain", "allava_laion", "allava_vflan",
+        "share_textvqa", "web-celebrity", "web-landmark", "wikiart", "dvqa", "ocr_vqa",
+    }  # fmt: skip
+    # WikiArt's escaped-Unicode names land exactly as the annotation JSONs spell them (P17); OCR-VQA is all .jpg
+    assert "wikiart/images/arnold-b#U00e3#U00b6cklin_the-isle-of-the-dead-1880.jpg" in files
+    assert all(f.endswith(".jpg") for f in files if f.startswith("ocr_vqa/images/"))
+    assert any(f.startswith("dvqa/images/bar_") and f.count("/") == 2 for f in files)
+    assert any(f.startswith("allava_vflan/images/images_191task_1k/") for f in files)
+    # MG-LLaVA's JSONs next to data/, where a config's data_path / box_json_path point (relative to the repo root)
+    notes = tmp_path / "annotations"
+    assert sorted(p.relative_to(notes).as_posix() for p in notes.rglob("*.json")) == [
+        "bbox_json/train/instruct_llava_allava_doc_dvqa_share_ai2d_1383k_only_box.json",
+        "bbox_json/train/pretrain_blip_allava_1266k_only_box.json",
+        "blip_laion_cc_sbu_558k.json",
+        "llava_v1_5_mix665k.json",
+        "train_json/instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json",
+        "train_json/pretrain_blip_allava_1266k.json",
+    ]
+    cited = {
+        s["image"]
+        for s in json.loads((notes / "train_json/pretrain_blip_allava_1266k.json").read_text())
+        if "image" in s
+    }
+    assert cited <= set(files)
     assert any(f.startswith("coco/train2017/") for f in files) and any(
         f.startswith("vg/VG_100K_2/") for f in files
     )
@@ -141,7 +178,24 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     for f in files[:: max(1, len(files) // 20)]:
         with Image.open(layout / f) as im:
             im.load()
-    assert (tmp_path / "store" / "runs" / report["run_id"] / "report.html").read_text().count("<tr") > 6
+    page = (tmp_path / "store" / "runs" / report["run_id"] / "report.html").read_text()
+    assert page.count("<tr") > 6
+    # Ready to train: every image the training JSONs cite is usable under data/, every image sample has boxes
+    ready = report["ready_to_train"]
+    assert ready["checked"] and ready["ready"], ready["note"]
+    assert ready["referenced"] == ready["present"] > 0 and ready["text_only"] >= 2
+    assert ready["missing"] == ready["broken"] == ready["ids_without_boxes"] == 0
+    assert [f["status"] for f in ready["files"]] == ["checked"] * 3
+    assert ready["by_prefix"]["coco/train2017"]["source"] == "coco" and "Ready to train" in page
+    coco = report["sources"]["coco"]
+    assert coco["diff"]["added"] == len(table_paths(store, "coco")) and coco["diff_since"] is None
+    assert coco["diff_paths"]["added"] == sorted(table_paths(store, "coco"))[:10]
+    # how many images each of OCR-VQA's paths produced: the URL list in this run, the mirror zip never
+    paths = report["sources"]["ocr_vqa"]["by_file"]
+    assert paths["dataset.json"]["used"] and not paths["ocr_vqa_images_llava_v15.zip"]["used"]
+    used = paths["dataset.json"]
+    assert used["ok"] + used["normalized"] == mirror.expected["ocr_vqa"]["images"]
+    assert "Images per path" in page
 
     manifests = {o.key: store.read_bytes(o.key) for o in store.list("manifests/") if "/parts/" not in o.key}
     second = run_dag(airflow_home, **env)
@@ -152,8 +206,15 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
         s = again["sources"][name]
         assert (s["status"], s["files_fetched"], s["bytes_fetched"]) == ("ok", 0, 0), name
         assert s["diff"] == {"added": 0, "removed": 0, "changed": 0}
+        assert s["diff_paths"] == {"added": [], "removed": [], "changed": []}
+        assert s["diff_since"] == report["run_id"], name
+    assert again["ready_to_train"]["ready"], again["ready_to_train"]["note"]
+    # OCR-VQA's refresh fetches its dead URLs again: their rows carry the new run id
+    manifests.pop("manifests/ocr_vqa.parquet")
     assert {
-        o.key: store.read_bytes(o.key) for o in store.list("manifests/") if "/parts/" not in o.key
+        o.key: store.read_bytes(o.key)
+        for o in store.list("manifests/")
+        if "/parts/" not in o.key and o.key != "manifests/ocr_vqa.parquet"
     } == manifests
 
 
@@ -176,6 +237,7 @@ def test_s3_store_run_then_unchanged_refresh(mirror, airflow_home, moto_endpoint
         "MGDATA_S3_CONN_ID": "mgdata_s3",
         "AIRFLOW_CONN_MGDATA_S3": json.dumps(conn),
         "MGDATA_CATALOG": str(mirror.catalog),
+        "MGDATA_GDRIVE_URL": f"{mirror.server.base_url}/drive.google.com",
     }
     first = run_dag(airflow_home, **env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -187,6 +249,7 @@ def test_s3_store_run_then_unchanged_refresh(mirror, airflow_home, moto_endpoint
     data = [o for o in store.list("data/")]
     assert len(data) == sum(e["images"] for e in mirror.expected.values())
     assert store.stat("raw/coco/train2017.zip").size == mirror.expected["coco"]["bytes"]
+    assert report["ready_to_train"]["ready"], report["ready_to_train"]["note"]
 
     second = run_dag(airflow_home, **env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

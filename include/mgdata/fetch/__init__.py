@@ -21,6 +21,8 @@ from mgdata.storage import Store
 # mirror kind -> module implementing fetch() and probe()
 ADAPTERS = {
     "http": "mgdata.fetch.http_adapter",
+    "gdrive": "mgdata.fetch.gdrive",
+    "huggingface": "mgdata.fetch.huggingface",
 }
 
 

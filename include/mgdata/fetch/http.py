@@ -61,6 +61,7 @@ _FATAL_REQUEST_ERRORS = (
     requests.exceptions.TooManyRedirects,
 )
 _RETRY_REQUEST_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+_RATELIMIT = re.compile(r";\s*r\s*=\s*(\d+)\s*;\s*t\s*=\s*(\d+)")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
@@ -177,9 +178,12 @@ def _describe(exc: BaseException, timeout: float | None = None) -> str:
 
 
 def _retry_after(resp: requests.Response) -> float | None:
+    """Seconds the server asks us to wait: `Retry-After`, else the IETF `RateLimit` header the Hugging Face Hub sends
+    with a 429 (`"api";r=0;t=55`: no request left, the window resets in 55 s)."""
     value = resp.headers.get("Retry-After")
     if not value:
-        return None
+        limit = _RATELIMIT.search(resp.headers.get("RateLimit", ""))
+        return float(limit.group(2)) if limit and int(limit.group(1)) == 0 else None
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -326,8 +330,10 @@ def probe(
     backoff: float = 1.0,
     max_backoff: float = 60,
     log: Callable[[str], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> RemoteInfo:
-    """Size and validators of a remote file without downloading it.
+    """Size and validators of a remote file without downloading it. `headers` are sent with every request (e.g.
+    an Authorization header) and never logged.
 
     HEAD (following redirects); a server that refuses HEAD (403/405/501) is asked for `Range: bytes=0-0` instead and
     the size read from Content-Range. Retries 5xx/408/429, timeouts and connection errors like `fetch_to_store`.
@@ -342,7 +348,7 @@ def probe(
         while True:
             retry_after = None
             try:
-                return _probe_once(session, url, timeout)
+                return _probe_once(session, url, timeout, headers or {})
             except _RETRY_REQUEST_ERRORS as e:
                 reason = _describe(e, timeout)
             except _RetryStatus as e:
@@ -376,8 +382,8 @@ def _check(resp: requests.Response) -> None:
     raise _GiveUp(f"HTTP {resp.status_code} {resp.reason}".strip())
 
 
-def _probe_once(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
-    headers = {"Accept-Encoding": "identity"}
+def _probe_once(session: requests.Session, url: str, timeout: float, extra: dict[str, str]) -> RemoteInfo:
+    headers = {**extra, "Accept-Encoding": "identity"}
     with session.head(url, headers=headers, allow_redirects=True, timeout=(CONNECT_TIMEOUT, timeout)) as r:
         if r.status_code not in (403, 405, 501):
             _check(r)
@@ -437,6 +443,7 @@ def fetch_to_store(
     max_backoff: float = 60,
     progress_every: float = 10.0,
     log: Callable[[str], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> FetchResult:
     """Download the first mirror in `urls` that delivers a verified body into `store` under `key`.
 
@@ -444,7 +451,9 @@ def fetch_to_store(
     they all match. `max_attempts` bounds consecutive failed attempts per mirror that make no new progress (a
     connection that keeps dropping but delivers more each time is resumed until done). `timeout` is the read timeout
     (seconds without a byte). Raises ChecksumMismatch when every mirror delivered a wrong body, FetchError otherwise;
-    a StoreError from the store propagates at once. Nothing is ever left under `key` on failure.
+    a StoreError from the store propagates at once. Nothing is ever left under `key` on failure. `headers` are sent
+    with every request (e.g. an Authorization header; requests drops it on a redirect to another host) and never
+    logged.
     """
     if not urls:
         raise ValueError(f"{label}: no URL to fetch from")
@@ -456,7 +465,7 @@ def fetch_to_store(
     job = _Fetch(
         store, key, label=label, size=size, expected=expected, session=session, timeout=timeout,
         max_attempts=max_attempts, waits=_Backoff(backoff, max_backoff), emit=emit,
-        progress=_Progress(label, progress_every, emit),
+        progress=_Progress(label, progress_every, emit), headers=headers or {},
     )  # fmt: skip
     failures: list[tuple[str, str, bool]] = []
     try:
@@ -476,10 +485,10 @@ def fetch_to_store(
 
 class _Fetch:
     def __init__(self, store: Store, key: str, *, label, size, expected, session, timeout, max_attempts, waits, emit,
-                 progress):  # fmt: skip
+                 progress, headers):  # fmt: skip
         self.store, self.key, self.label, self.size, self.expected = store, key, label, size, expected
         self.session, self.timeout, self.max_attempts, self.waits = session, timeout, max_attempts, waits
-        self.emit, self.progress = emit, progress
+        self.emit, self.progress, self.headers = emit, progress, headers
         self.algorithms = sorted({"sha256", *expected})
         self.started = time.monotonic()
         self.attempts = 0
@@ -517,7 +526,7 @@ class _Fetch:
                     time.sleep(delay)
                 retry_after = None
                 # identity: the stored bytes are the file's bytes, never re-encoded by the server or decoded by us
-                headers = {"Accept-Encoding": "identity"}
+                headers = {**self.headers, "Accept-Encoding": "identity"}
                 if written:
                     headers["Range"] = f"bytes={written}-"
                     validator = etag if etag and not etag.startswith("W/") else last_modified

@@ -27,6 +27,8 @@ from mgdata.mirror.build import (
     load_replicas,
     write_catalog,
 )
+from mgdata.mirror.hub import load_hub
+from mgdata.mirror.web_replicas import routes as web_routes
 
 
 def _sources(value: str) -> list[str]:
@@ -102,7 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal)
 
-    server = MirrorServer(root, host=args.host, port=args.port)
+    hub = load_hub(root)  # the Hugging Face stand-in, when the mirror has Hub replicas
+    # the Drive and image-host stand-ins, when the mirror has their replicas
+    routes = (hub.routes() if hub else []) + web_routes(root)
+    server = MirrorServer(root, host=args.host, port=args.port, routes=routes)
     server.start()
     written: list[Path] = []
     try:

@@ -1,0 +1,305 @@
+"""Run the production deployment on this machine, without Docker: real processes, real services, clean teardown.
+
+`Deployment` creates a throwaway PostgreSQL database (metadata DB and Celery result backend), migrates it, imports the
+pools, writes the SimpleAuthManager passwords, then starts `airflow api-server`, `scheduler`, `dag-processor`,
+`triggerer` and Celery workers with the settings of `deployment_env` (the ones docker-compose.yaml uses), the broker
+on the local Redis under a key prefix of its own. Each process runs in its own process group with its log in the work
+directory; `stop()` ends the groups, then any straggler that carries this deployment's marker in its environment,
+drops the database and deletes the Redis keys. `api()` is a REST client authenticated the way a user's script is: a
+JWT from the api-server's `/auth/token`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import redis
+import requests
+from cryptography.fernet import Fernet
+from deployment_env import COMPONENTS, POOLS_FILE, Endpoints, airflow_environment
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 11
+MARKER = "MGDATA_DEPLOYMENT_ID"  # in every started process's environment, to find stragglers at teardown
+ADMIN = "admin"
+
+
+def _celery_ready(log: Path, name: str) -> bool:
+    """Celery logs "<node name> ready." once the worker consumes from the broker."""
+    return re.search(rf"\b{re.escape(name)}@\S+ ready\.", log.read_text(errors="replace")) is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Component:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+class Deployment:
+    """Airflow with CeleryExecutor on the local PostgreSQL and Redis, storing into S3 at `s3_endpoint`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        catalog: Path,
+        s3_endpoint: str,
+        s3_login: str,
+        s3_password: str,
+        workers: tuple[str, ...] = ("w1", "w2"),
+        concurrency: int = 2,
+    ):
+        self.id = uuid.uuid4().hex[:12]
+        self.workdir = workdir
+        self.home = workdir / "airflow"
+        self.logs = workdir / "logs"
+        self.workers = workers
+        self.concurrency = concurrency
+        self.database = f"mgdata_deploy_{self.id}"
+        self.key_prefix = f"mgdata-deploy-{self.id}:"
+        self.api_port = free_port()
+        self.health_port = free_port()
+        self.admin_password = secrets.token_urlsafe(16)
+        self.endpoints = Endpoints(
+            database=f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{self.database}",
+            broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+            execution_api=f"http://127.0.0.1:{self.api_port}/execution/",
+            s3_endpoint=s3_endpoint,
+            s3_login=s3_login,
+            s3_password=s3_password,
+            jwt_secret=secrets.token_urlsafe(32),
+            api_secret_key=secrets.token_urlsafe(32),
+            fernet_key=Fernet.generate_key().decode(),
+            admin_user=ADMIN,
+            passwords_file=str(self.home / "auth" / "simple_auth_manager_passwords.json"),
+        )
+        self.catalog = catalog
+        self.components: list[Component] = []
+        self._session: requests.Session | None = None
+        self._database_created = False
+
+    # -- environment ---------------------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """The shared deployment settings plus what only a one-machine test needs (paths, ports, short intervals)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MGDATA_", "AIRFLOW"))}
+        env.update(airflow_environment(self.endpoints))
+        env.update(
+            {
+                MARKER: self.id,
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(self.health_port),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                # Only the runs the test triggers: the weekly schedule would start a full run on unpause.
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # Redis is shared with whatever else runs here: every Celery key gets this deployment's prefix.
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": self.key_prefix,
+                "MGDATA_CATALOG": str(self.catalog),
+                "MGDATA_RETRY_DELAY_SECONDS": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Database, schema, pools and the admin's password: what `airflow-init` does in compose."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (self.home / "auth").mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{self.database}"')
+        self._database_created = True
+        self._run("migrate", [AIRFLOW, "db", "migrate"])
+        self._run("pools", [AIRFLOW, "pools", "import", str(ROOT / POOLS_FILE)])
+        Path(self.endpoints.passwords_file).write_text(f'{{"{ADMIN}": "{self.admin_password}"}}\n')
+
+    def start(self, timeout: float = 300) -> None:
+        self._spawn("api-server", COMPONENTS["airflow-apiserver"])
+        self._spawn("scheduler", COMPONENTS["airflow-scheduler"])
+        self._spawn("dag-processor", COMPONENTS["airflow-dag-processor"])
+        self._spawn("triggerer", COMPONENTS["airflow-triggerer"])
+        for name in self.workers:
+            self._spawn(
+                f"worker-{name}",
+                [*COMPONENTS["airflow-worker"], "--celery-hostname", f"{name}@%h"]
+                + ["--concurrency", str(self.concurrency)],
+                # Two workers on one machine: each serves its logs on its own port and names itself.
+                AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+                AIRFLOW__CORE__HOSTNAME_CALLABLE="worker_hostname.hostname",
+                MGDATA_WORKER_HOSTNAME=name,
+                PYTHONPATH=str(Path(__file__).parent),
+            )
+        deadline = time.monotonic() + timeout
+        self._wait(deadline, "api-server", lambda: self._get_ok(f"{self.base_url}/api/v2/monitor/health"))
+        self._wait(deadline, "scheduler", lambda: self._get_ok(f"http://127.0.0.1:{self.health_port}/health"))
+        for name in self.workers:
+            log = self.logs / f"worker-{name}.log"
+            self._wait(deadline, f"worker {name}", lambda log=log, name=name: _celery_ready(log, name))
+
+    def stop(self) -> None:
+        """End every process this deployment started, then drop its database and its Redis keys."""
+        for c in self.components:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for c in self.components:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.popen.wait(max(0.1, deadline - time.monotonic()))
+        for c in self.components:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.popen.pid, signal.SIGKILL)
+            c.popen.wait()
+        for pid in self.stragglers():  # children that left their group (setsid) still carry the marker
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._database_created:
+            with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            self._database_created = False
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+        keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    def stragglers(self) -> list[int]:
+        """Live processes whose environment carries this deployment's marker."""
+        found = []
+        needle = f"{MARKER}={self.id}".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+        return found
+
+    def redis_keys(self) -> list[bytes]:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+        try:
+            return list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
+        finally:
+            client.close()
+
+    def database_exists(self) -> bool:
+        with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
+            return cur.fetchone() is not None
+
+    def tails(self, lines: int = 40) -> str:
+        """The last lines of every process log, for a failure message."""
+        out = []
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()
+            out.append(f"===== {log.name} (last {lines} lines) =====\n" + "\n".join(text[-lines:]))
+        return "\n".join(out)
+
+    def check_alive(self) -> None:
+        dead = [
+            f"{c.name} (exit {c.popen.returncode})" for c in self.components if c.popen.poll() is not None
+        ]
+        if dead:
+            raise AssertionError(f"deployment process(es) exited: {', '.join(dead)}")
+
+    # -- REST API ------------------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def api(self, method: str, path: str, **kwargs) -> dict:
+        """Call /api/v2 with a JWT from /auth/token, as a user's script does; raise on any error status."""
+        if self._session is None:
+            token = requests.post(
+                f"{self.base_url}/auth/token",
+                json={"username": ADMIN, "password": self.admin_password},
+                timeout=30,
+            )
+            token.raise_for_status()
+            self._session = requests.Session()
+            self._session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        response = self._session.request(
+            method, f"{self.base_url}/api/v2/{path.lstrip('/')}", timeout=60, **kwargs
+        )
+        if response.status_code >= 400:
+            raise AssertionError(f"{method} /api/v2/{path}: {response.status_code} {response.text[:2000]}")
+        return response.json() if response.content else {}
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _run(self, name: str, cmd: list[str]) -> None:
+        log = self.logs / f"{name}.log"
+        with log.open("w") as out:
+            done = subprocess.run(
+                cmd,
+                env=self.environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                cwd=self.workdir,
+            )
+        if done.returncode:
+            raise AssertionError(f"{' '.join(cmd[1:])} failed:\n{log.read_text()[-4000:]}")
+
+    def _spawn(self, name: str, args: list[str], **extra_env: str) -> None:
+        log = self.logs / f"{name}.log"
+        env = self.environment() | extra_env
+        with log.open("w") as out:
+            popen = subprocess.Popen(
+                [AIRFLOW, *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group: stop() ends it with all its children
+            )
+        self.components.append(Component(name, popen, log))
+
+    def _wait(self, deadline: float, what: str, ready) -> None:
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(OSError, requests.RequestException):
+                if ready():
+                    return
+            time.sleep(1)
+        raise AssertionError(f"{what} not ready in time")
+
+    @staticmethod
+    def _get_ok(url: str) -> bool:
+        return requests.get(url, timeout=5).status_code == 200

@@ -1,0 +1,108 @@
+"""Two runs' worth of store content for the audit page's tests, written by the library's own assemble and verify.
+
+Run 1: coco ingested (3 usable images, 1 quarantined), gqa failed, llava_pretrain skipped; one of the two required
+training JSONs is in the store, with a missing image, a `sam/` path no source provides and a sample without boxes.
+Run 2: an unchanged refresh of coco (nothing fetched, nothing changed) and gqa ingested.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+from mgdata import manifest
+from mgdata.catalog import SHIPPED_CATALOG
+from mgdata.ingest import Run, SourceFailed, _put_json, record_failure, record_skipped
+from mgdata.report import assemble_run, verify_run
+from mgdata.settings import Settings
+
+RUN_1 = "scheduled__2026-11-16T00:00:00+00:00"
+RUN_2 = "manual__2026-11-23T09:30:00+00:00"
+QUARANTINED = "coco/train2017/000000000666.jpg"
+PRETRAIN = "annotations/train_json/pretrain_blip_allava_1266k.json"
+PRETRAIN_BOXES = "annotations/bbox_json/train/pretrain_blip_allava_1266k_only_box.json"
+
+
+def _summary(run: Run, source: str, rows: list[tuple[str, str]], *, fetched: int, diff: dict, since) -> None:
+    counts = dict.fromkeys(manifest.STATUSES, 0)
+    for _, status in rows:
+        counts[status] += 1
+    _put_json(
+        run.store,
+        run.key(source, "summary.json"),
+        {
+            "source": source,
+            "status": "ok",
+            "files_fetched": 1 if fetched else 0,
+            "bytes_fetched": fetched,
+            "images_ok": counts["ok"],
+            "images_normalized": counts["normalized"],
+            "images_invalid": counts["invalid"],
+            "expected_images": len(rows),
+            "diff": {k: len(v) for k, v in diff.items()},
+            "diff_paths": diff,
+            "diff_since": since,
+            "started": (datetime.now(timezone.utc) - timedelta(seconds=215)).isoformat(timespec="seconds"),
+            "finished": (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat(timespec="seconds"),
+            "error": None,
+            "run_id": run.run_id,
+        },
+    )
+    table = manifest.to_table(
+        [
+            {
+                "path": p,
+                "status": s,
+                "bytes": 100,
+                "error": "truncated image: 40 of 1000 bytes" if s == "invalid" else None,
+            }
+            | {"origin": f"raw/{source}/x.zip!{p}", "run_id": run.run_id}
+            for p, s in rows
+        ]
+    )
+    manifest.write_table(run.store, manifest.source_key(source), table)
+
+
+def make_runs(store_url: str) -> list[str]:
+    settings = Settings(storage=store_url, catalog=str(SHIPPED_CATALOG))
+    coco = [
+        ("coco/train2017/000000000009.jpg", "ok"),
+        ("coco/train2017/000000000025.jpg", "ok"),
+        ("coco/train2017/000000000030.jpg", "normalized"),
+        (QUARANTINED, "invalid"),
+    ]
+    gqa = [("gqa/images/1.jpg", "ok"), ("gqa/images/2.jpg", "ok")]
+    added = {"added": [p for p, _ in coco], "removed": [], "changed": []}
+    unchanged = {"added": [], "removed": [], "changed": []}
+
+    first = Run(settings, RUN_1)
+    _summary(first, "coco", coco, fetched=19_336_861, diff=added, since=None)
+    record_failure(
+        first,
+        "gqa",
+        "fetch[images.zip]",
+        SourceFailed("gqa/images.zip: HTTP 503 from downloads.cs.stanford.edu"),
+    )
+    record_skipped(first, "llava_pretrain", "not in this run's `sources` selection")
+    samples = [
+        {"id": "000000000009", "image": "coco/train2017/000000000009.jpg", "conversations": []},
+        {"id": "9b", "image": "coco/train2017/000000000404.jpg", "conversations": []},
+        {"id": "sa_1", "image": "sam/images/sa_1.jpg", "conversations": []},
+        {"id": "t", "conversations": []},
+    ]
+    first.store.put_bytes(PRETRAIN, json.dumps(samples).encode())
+    boxes = [{"id": i, "boxes": [], "scores": [], "labels": []} for i in ("000000000009", "9b")]
+    first.store.put_bytes(PRETRAIN_BOXES, json.dumps(boxes).encode())
+    assemble_run(first, ["coco", "gqa", "llava_pretrain"])
+    verify_run(first)
+
+    time.sleep(1.1)  # reports are ordered by their `finished` second
+    second = Run(settings, RUN_2)
+    _summary(second, "coco", coco, fetched=0, diff=unchanged, since=RUN_1)
+    _summary(
+        second, "gqa", gqa, fetched=5_000_000, diff={**unchanged, "added": [p for p, _ in gqa]}, since=None
+    )
+    assemble_run(second, ["coco", "gqa"])
+    verify_run(second)
+    return [RUN_1, RUN_2]

@@ -1,0 +1,133 @@
+"""The audit plugin through Airflow's real api-server app: mounted, listed, and closed to anyone without a valid JWT.
+
+`airflow.api_fastapi.app.create_app()` is the app `airflow api-server` serves; the plugin is loaded from the repo's
+plugins/ folder. Tokens are made by the configured auth manager (SimpleAuthManager), as the UI's login does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import jwt
+import pytest
+from audit_runs import QUARANTINED, RUN_1, RUN_2, make_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    url = (tmp_path_factory.mktemp("audit") / "store").as_uri()
+    make_runs(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def client(store_url):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "audit-test-secret")
+    mp.setenv("MGDATA_STORAGE", store_url)
+    # Token checks consult the revoked-token table: the session's Airflow home needs its (SQLite) schema.
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True
+    )
+    from airflow import plugins_manager
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    plugins_manager._get_plugins.cache_clear()
+    plugins_manager.get_fastapi_plugins.cache_clear()
+    with TestClient(create_app(), base_url="http://localhost:8080") as c:
+        yield c
+    mp.undo()
+
+
+def token(role: str | None = "admin") -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="alice", role=role))
+
+
+def test_unauthenticated_requests_are_refused(client):
+    assert client.get("/mgdata-audit/").status_code == 401
+    assert client.get(f"/mgdata-audit/runs/{quote(RUN_1, safe='')}").status_code == 401
+    browser = client.get("/mgdata-audit/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert browser.status_code == 302 and "login" in browser.headers["location"]
+    forged = jwt.encode({"sub": "alice", "role": "admin", "aud": "apache-airflow"}, "not-the-secret", "HS512")
+    assert client.get("/mgdata-audit/", cookies={"_token": forged}).status_code == 403
+    assert client.get("/mgdata-audit/", headers={"Authorization": f"Bearer {forged}"}).status_code == 403
+    # a user with no role may not read the DAG's runs
+    assert client.get("/mgdata-audit/", cookies={"_token": token(role=None)}).status_code == 403
+
+
+def test_run_list_with_the_ui_cookie(client):
+    page = client.get("/mgdata-audit/", cookies={"_token": token()})
+    assert page.status_code == 200, page.text
+    html = page.text
+    table = html[html.index('<table id="runs">') :]
+    assert table.index(RUN_2) < table.index(RUN_1), "newest run first"
+    assert html.count('<tr class="run">') == 2
+    assert html.count("<svg") == 2 and "Usable images per source, per run" in html
+    assert "not ready" in html and "failed" in html and "success" in html
+    assert f'href="runs/{quote(RUN_1, safe="")}"' in html
+
+
+def test_run_page_with_a_bearer_token(client):
+    headers = {"Authorization": f"Bearer {token(role='viewer')}"}
+    page = client.get(f"/mgdata-audit/runs/{quote(RUN_1, safe='')}", headers=headers)
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert QUARANTINED in html and "truncated image" in html
+    assert f'href="/dags/mgllava_data/runs/{quote(RUN_1, safe="")}"' in html
+    assert "HTTP 503 from downloads.cs.stanford.edu" in html
+    assert "sam/images" in html and "no catalog source provides this prefix" in html
+    assert "coco/train2017/000000000404.jpg" in html
+    assert "annotations/train_json/instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json" in html
+    assert "+4 / −0 / ~0" in html and "Images per source" in html
+    second = client.get(f"/mgdata-audit/runs/{quote(RUN_2, safe='')}", headers=headers).text
+    assert f"since {RUN_1}" in second and "+0 / −0 / ~0" in second
+    missing = client.get("/mgdata-audit/runs/manual__nope", headers=headers)
+    assert missing.status_code == 404 and "manual__nope" in missing.text
+
+
+def test_plugin_is_listed_with_its_navigation_entry(client):
+    plugins = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token()}"}).json()["plugins"]
+    audit = next(p for p in plugins if p["name"] == "mgdata_audit")
+    assert audit["fastapi_apps"][0]["url_prefix"] == "/mgdata-audit"
+    view = audit["external_views"][0]
+    assert (view["destination"], view["href"], view["category"]) == ("nav", "mgdata-audit/", "browse")
+
+
+def test_reads_runs_from_s3(client, moto_endpoint, tmp_path, monkeypatch):
+    from mgdata.storage import open_store, s3_client
+
+    s3 = s3_client(
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="AKIAAUDIT",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="mgdata-audit")
+    local = (tmp_path / "store").as_uri()
+    make_runs(local)
+    src, dst = open_store(local), open_store("s3://mgdata-audit/store", client=s3)
+    for o in src.list("runs/"):
+        dst.put_bytes(o.key, src.read_bytes(o.key))
+    for name, value in {
+        "MGDATA_STORAGE": "s3://mgdata-audit/store",
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAAUDIT",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    page = client.get("/mgdata-audit/", cookies={"_token": token()})
+    assert page.status_code == 200 and "s3://mgdata-audit/store" in page.text
+    assert page.text.count('<tr class="run">') == 2
+    run = client.get(f"/mgdata-audit/runs/{quote(RUN_1, safe='')}", cookies={"_token": token()})
+    assert QUARANTINED in run.text

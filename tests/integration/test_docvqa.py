@@ -1,0 +1,115 @@
+"""DocVQA, the registration-only source: from the store's inbox, from an authenticated URL (an Airflow connection,
+Basic auth against a loopback server), and skipped with the exact instructions when neither is there."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+
+import pytest
+
+from mgdata import manifest
+from mgdata.catalog import SHIPPED_CATALOG
+from mgdata.ingest import (
+    Run,
+    SourceSkipped,
+    extract_shard,
+    fetch_file,
+    finalize_source,
+    plan_shards,
+    plan_source,
+)
+from mgdata.mirror.server import MirrorServer
+from mgdata.mirror.web_replicas import build_docvqa
+from mgdata.settings import Settings
+from mgdata.storage import LocalStore
+
+PASSWORD = "rrc-p4ssw0rd-never-logged"
+CATALOG = str(SHIPPED_CATALOG)  # DocVQA as shipped: the inbox and the connection need no catalog change
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    root = tmp_path_factory.mktemp("docvqa-mirror")
+    return root, build_docvqa(root, images=6)
+
+
+def _ingest(run: Run) -> dict:
+    for f in plan_source(run, "docvqa"):
+        fetch_file(run, "docvqa", f["file"])
+    for shard in plan_shards(run, "docvqa"):
+        extract_shard(run, "docvqa", shard)
+    return finalize_source(run, "docvqa")
+
+
+def _assert_flattened(store: LocalStore, images: int) -> None:
+    keys = sorted(o.key for o in store.list("data/"))
+    assert len(keys) == images
+    assert all(k.startswith("data/docvqa/images/") and k.endswith(".png") and k.count("/") == 3 for k in keys)
+    table = manifest.read_table(store, manifest.source_key("docvqa"))
+    assert manifest.counts(table)["ok"] == images and table.num_rows == images  # train_v1.0.json is not taken
+
+
+def test_from_the_inbox(replica, tmp_path):
+    root, r = replica
+    store = LocalStore(tmp_path / "store")
+    store.put_file("inbox/docvqa/train.tar.gz", root / r.relpath)
+    run = Run(Settings(storage=store.url, catalog=CATALOG), "run1")
+    summary = _ingest(run)
+    assert summary["status"] == "ok" and summary["files_fetched"] == 1 and summary["bytes_fetched"] == r.size
+    _assert_flattened(store, r.images)
+    fetched = json.loads(store.read_bytes("state/docvqa/files/train.tar.gz.json"))["fetch"]
+    assert fetched["mirror"] == "inbox/docvqa/train.tar.gz" and fetched["sha256"] == r.sha256
+
+    again = Run(run.settings, "run2")
+    assert plan_source(again, "docvqa") == []  # the same inbox object: nothing to do
+
+
+def test_from_an_authenticated_url(replica, tmp_path, monkeypatch, caplog):
+    root, r = replica
+    good = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
+
+    def protected(handler, relpath, method):
+        if handler.headers.get("Authorization") != good:
+            handler._simple(401, method == "HEAD", {"WWW-Authenticate": 'Basic realm="RRC"'})
+            return
+        handler.send_path(root / r.relpath, head=method == "HEAD")
+
+    with MirrorServer(root, routes=[("rrc/", protected)]) as server:
+        url = f"{server.base_url}/rrc/DocVQA/train.tar.gz"
+        conn = {"conn_type": "http", "host": url, "login": "reader", "password": PASSWORD}
+        monkeypatch.setenv("AIRFLOW_CONN_MGDATA_DOCVQA", json.dumps(conn))
+        store = LocalStore(tmp_path / "store")
+        caplog.set_level(logging.DEBUG)
+        run = Run(Settings(storage=store.url, catalog=CATALOG), "r1")
+        summary = _ingest(run)
+        assert summary["status"] == "ok" and summary["bytes_fetched"] == r.size
+        _assert_flattened(store, r.images)
+        record = store.read_bytes("state/docvqa/files/train.tar.gz.json").decode()
+        assert f"connection mgdata_docvqa: {url}" in record
+
+        conn["password"] = "wrong-" + PASSWORD
+        monkeypatch.setenv("AIRFLOW_CONN_MGDATA_DOCVQA", json.dumps(conn))
+        bad = Run(Settings(storage=(tmp_path / "other").as_uri(), catalog=run.settings.catalog), "r2")
+        from mgdata.fetch import FetchError
+
+        with pytest.raises(FetchError, match="HTTP 401") as info:
+            _ingest(bad)
+        assert PASSWORD not in str(info.value)
+    everything = caplog.text + "".join(o.key for o in store.list("")) + record
+    assert PASSWORD not in everything
+
+
+def test_skipped_with_the_exact_instructions_when_nothing_is_provided(tmp_path, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_MGDATA_DOCVQA", raising=False)
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("inbox/docvqa/README.txt", b"not the archive")
+    run = Run(Settings(storage=store.url, catalog=CATALOG), "r1")
+    with pytest.raises(SourceSkipped) as info:
+        plan_source(run, "docvqa")
+    message = str(info.value)
+    assert message.startswith(run.source("docvqa").manual_instructions)
+    assert "inbox/docvqa/train.tar.gz" in message and "mgdata_docvqa" in message
+    assert "inbox/docvqa/README.txt" in message
+    assert store.stat("data/docvqa") is None

@@ -1,0 +1,211 @@
+"""The ready-to-train check: real JSON files in MG-LLaVA's format, a real data/ folder, real manifests in a store."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mgdata import manifest
+from mgdata.annotations import AnnotationError, Check, check_store, folder_resolver, store_resolver
+from mgdata.catalog import SHIPPED_CATALOG, load_catalog, parse_catalog
+from mgdata.storage import open_store
+
+
+def jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def sample(i, image=None) -> dict:
+    s = {
+        "id": i,
+        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A."}],
+    }
+    if image is not None:
+        s["image"] = image
+    return s
+
+
+def boxes(ids) -> list[dict]:
+    return [{"id": str(i), "boxes": [[0.1, 0.2, 0.3, 0.4]], "scores": [0.9], "labels": ["cat"]} for i in ids]
+
+
+SAMPLES = [
+    sample("000000033471", "coco/train2017/000000033471.jpg"),
+    sample("000000033471", "coco/train2017/000000033471.jpg"),  # duplicate id: allowed
+    sample(52, "gqa/images/52.jpg"),  # int id: matched as str(id)
+    sample("text-only"),  # no image: skipped
+    sample("missing", "coco/train2017/000000000404.jpg"),
+    sample("broken", "gqa/images/broken.jpg"),
+    sample("sam", "sam/images/sa_1.jpg"),  # a prefix no catalog source provides
+    sample("no-boxes", "coco/train2017/000000000009.jpg"),
+]
+BOX_IDS = ["000000033471", "52", "missing", "broken", "sam"]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    for path in ("coco/train2017/000000033471.jpg", "gqa/images/52.jpg", "coco/train2017/000000000009.jpg"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(jpeg())
+    (root / "gqa/images/broken.jpg").write_bytes(jpeg()[:40])  # truncated: present, but does not decode
+    return root
+
+
+@pytest.fixture
+def jsons(tmp_path) -> tuple[Path, Path]:
+    train, bbox = tmp_path / "train.json", tmp_path / "train_only_box.json"
+    train.write_text(json.dumps(SAMPLES))
+    bbox.write_text(json.dumps(boxes(BOX_IDS)))
+    return train, bbox
+
+
+def run_check(train: Path, bbox: Path | None, resolve) -> dict:
+    check = Check()
+    with open(train, "rb") as s:
+        if bbox is None:
+            check.check_file("train.json", s, resolve)
+        else:
+            with open(bbox, "rb") as b:
+                check.check_file("train.json", s, resolve, boxes_name="train_only_box.json", boxes=b)
+    return check.as_report(load_catalog(SHIPPED_CATALOG))
+
+
+def test_missing_broken_text_only_duplicates_and_missing_boxes(data, jsons):
+    report = run_check(*jsons, folder_resolver(data, decode=True))
+    assert report["checked"] is True and report["ready"] is False
+    assert (report["samples"], report["text_only"]) == (8, 1)
+    assert (report["referenced"], report["present"], report["missing"], report["broken"]) == (7, 4, 2, 1)
+    assert report["missing_by_prefix"] == {"coco/train2017": 1, "sam/images": 1}
+    assert report["first_missing"] == ["coco/train2017/000000000404.jpg", "sam/images/sa_1.jpg"]
+    assert report["first_broken"] == ["gqa/images/broken.jpg"]
+    assert report["ids_without_boxes"] == 1 and report["first_ids_without_boxes"] == ["no-boxes"]
+    coco, gqa, sam = (report["by_prefix"][p] for p in ("coco/train2017", "gqa/images", "sam/images"))
+    assert (coco["source"], coco["referenced"], coco["present"], coco["missing"]) == ("coco", 4, 3, 1)
+    assert (gqa["source"], gqa["broken"], gqa["first_missing"]) == ("gqa", 1, ["gqa/images/broken.jpg"])
+    assert sam["source"] is None and sam["note"] == "no catalog source provides this prefix"
+    assert report["unprovided_prefixes"] == ["sam/images"]
+    assert "2 images missing" in report["note"] and "1 image samples without boxes" in report["note"]
+    # without a full decode, a truncated file is only known to be there
+    assert run_check(*jsons, folder_resolver(data))["broken"] == 0
+
+
+def test_ready_when_everything_is_there(data, tmp_path):
+    train, bbox = tmp_path / "ok.json", tmp_path / "ok_box.json"
+    train.write_text(json.dumps([SAMPLES[0], SAMPLES[1], SAMPLES[2], SAMPLES[3]]))
+    bbox.write_text(json.dumps(boxes(["000000033471", "52"])))
+    report = run_check(train, bbox, folder_resolver(data, decode=True))
+    assert report["ready"] is True and report["referenced"] == report["present"] == 3
+    assert report["note"].startswith("ready to train")
+    # a JSON with no bbox JSON declared is not checked for boxes
+    assert run_check(train, None, folder_resolver(data))["ids_without_boxes"] == 0
+
+
+def test_not_an_array_of_samples_names_the_file(tmp_path, data):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1, "image": "coco/train2017/a.jpg"}, 3]')
+    with pytest.raises(AnnotationError, match="train.json: expected an array of sample objects"):
+        run_check(bad, None, folder_resolver(data))
+    bad.write_text('[{"id": 1, "image": ')
+    with pytest.raises(AnnotationError, match="train.json: not valid JSON"):
+        run_check(bad, None, folder_resolver(data))
+
+
+def test_store_check_reads_manifests_and_the_catalogs_training_section(tmp_path, jsons):
+    store = open_store((tmp_path / "store").as_uri())
+    rows = [
+        ("coco", "coco/train2017/000000033471.jpg", "ok"),
+        ("coco", "coco/train2017/000000000009.jpg", "normalized"),
+        ("gqa", "gqa/images/52.jpg", "ok"),
+        ("gqa", "gqa/images/broken.jpg", "invalid"),
+        ("gqa", "gqa/images/dead-url.jpg", "missing"),  # a URL-list image whose URL was dead
+    ]
+    for source in ("coco", "gqa"):
+        table = manifest.to_table(
+            [{"path": p, "status": st, "bytes": 1, "run_id": "r"} for s, p, st in rows if s == source]
+        )
+        manifest.write_table(store, manifest.source_key(source), table)
+    train, bbox = jsons
+    store.put_file("annotations/train.json", train)
+    store.put_file("annotations/train_box.json", bbox)
+    raw = json.loads(json.dumps(load_catalog(SHIPPED_CATALOG).model_dump(by_alias=True)))
+    raw["training"] = [
+        {"json": "annotations/train.json", "boxes": "annotations/train_box.json"},
+        {"json": "annotations/mix665k.json", "optional": True},
+    ]
+    catalog = parse_catalog(raw)
+    report = check_store(store, catalog)
+    assert (report["referenced"], report["present"], report["missing"], report["broken"]) == (7, 4, 2, 1)
+    assert report["ids_without_boxes"] == 1 and report["ready"] is False
+    assert [f["status"] for f in report["files"]] == ["checked", "absent (optional)"]
+
+    # with a local tree, a usable path must also be a file there
+    layout = tmp_path / "layout"
+    (layout / "gqa/images").mkdir(parents=True)
+    (layout / "gqa/images/52.jpg").write_bytes(jpeg())
+    resolve = store_resolver(store, ["coco", "gqa"], layout_dir=layout)
+    paths = ("gqa/images/52.jpg", "coco/train2017/000000033471.jpg", "gqa/images/dead-url.jpg")
+    assert [resolve(p) for p in paths] == ["present", "missing", "missing"]
+
+    # a required JSON absent: not checked, not ready, and the note says which
+    raw["training"] = [{"json": "annotations/pretrain.json", "boxes": "annotations/pretrain_box.json"}]
+    absent = check_store(store, parse_catalog(raw))
+    assert (absent["checked"], absent["ready"]) == (False, False)
+    assert "annotations/pretrain.json" in absent["note"]
+
+
+def test_command_exit_status_and_report(data, jsons, tmp_path):
+    train, bbox = jsons
+    out = tmp_path / "verify.json"
+    cmd = [sys.executable, "-m", "mgdata", "verify", "--data", str(data), "--json", str(train)]
+    not_ready = subprocess.run(
+        [*cmd, "--boxes", str(bbox), "--report", str(out)], capture_output=True, text=True
+    )
+    assert not_ready.returncode == 1, not_ready.stderr
+    assert "sam/images" in not_ready.stdout and "coco/train2017/000000000404.jpg" in not_ready.stdout
+    assert json.loads(out.read_text())["missing"] == 2
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps(SAMPLES[:4]))
+    ready = subprocess.run([*cmd[:-1], str(ok)], capture_output=True, text=True)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    unreadable = subprocess.run([*cmd[:-1], str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert unreadable.returncode == 2 and "nope.json" in unreadable.stderr
+
+
+def test_large_json_is_streamed_within_a_memory_bound(tmp_path):
+    """300K samples (~190 MB): peak Python memory stays far below the file size, boxes included."""
+    n = 300_000
+    train, bbox = tmp_path / "big.json", tmp_path / "big_box.json"
+    talk = "word " * 100
+    with open(train, "w") as f:
+        f.write("[")
+        for i in range(n):
+            s = sample(i, f"coco/train2017/{i:012d}.jpg" if i % 10 else None)
+            s["conversations"][1]["value"] = talk
+            f.write(("," if i else "") + json.dumps(s))
+        f.write("]")
+    with open(bbox, "w") as f:
+        f.write("[" + ",".join(json.dumps(b) for b in boxes(range(0, n, 2))) + "]")
+    size = train.stat().st_size
+    assert size > 150e6
+
+    tracemalloc.start()
+    report = run_check(train, bbox, lambda path: "present")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert report["samples"] == n and report["text_only"] == n // 10
+    assert (
+        report["referenced"] == n - n // 10 and report["ids_without_boxes"] == n // 2
+    )  # odd ids: all have images
+    # what is kept is the bbox ids (150K short strings, ~15 MB); the 190 MB of samples stream through
+    print(f"peak {peak / 1e6:.1f} MB")
+    assert peak < 40e6, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.0f} MB JSON"
