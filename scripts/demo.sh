@@ -43,6 +43,7 @@ for name, s in report["sources"].items():
     print(f"  {name:22} {s['status']:8} fetched {s['bytes_fetched']/1e6:8.1f} MB  ok {s['images_ok']:5}  "
           f"normalized {s['images_normalized']:3}  invalid {s['images_invalid']:3}  missing {s.get('images_missing') or 0:3}  "
           f"{s.get('error') or ''}")
+print(f"\n{report['ready_to_train'].get('note', 'ready to train: not checked')}")
 print(f"\nreport: {store.describe(runs[-1])}\n        {store.describe(runs[-1].replace('.json', '.html'))}")
 print(f"data/:  {os.environ.get('MGDATA_LAYOUT_DIR') or 'not materialised'}")
 print(f"log:    $demo/dags-test.log")
