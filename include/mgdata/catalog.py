@@ -65,8 +65,11 @@ class Mirror(_Model):
         return self
 
     def describe(self) -> str:
+        """Where the mirror is, for records and messages: an HTTP URL without its userinfo and query (tokens)."""
         if self.kind == "http":
-            return self.url or ""
+            from mgdata.fetch.http import redact_url
+
+            return redact_url(self.url or "")
         if self.kind == "huggingface":
             where = self.path or self.path_glob
             return f"hf://{self.repo_type}s/{self.repo}@{self.revision or 'main'}/{where}"

@@ -80,6 +80,20 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
             if m.kind != "dir"
             and (f.map_member(m.name) or unsafe_reason(m, max_member_bytes=d.max_member_bytes))
         ]
+        # Members landing on one path (duplicate names): the last in the central directory wins, as with `unzip -o`
+        # and Python's zipfile; the earlier ones are not extracted, so the object and its manifest row always agree
+        # whatever the thread or shard order.
+        targets = [f.map_member(m.name) for m in wanted]
+        last = {t: i for i, t in enumerate(targets) if t}
+        kept = [m for i, (m, t) in enumerate(zip(wanted, targets, strict=True)) if not t or last[t] == i]
+        if len(kept) < len(wanted):
+            log.warning(
+                "%s/%s: %d member(s) shadowed by a later one of the same name",
+                source,
+                f.name,
+                len(wanted) - len(kept),
+            )
+            wanted = kept
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
             {

@@ -321,6 +321,9 @@ def fetch_file(run: Run, source: str, file: str) -> dict:
 
     f = run.file(source, file)
     label = f"{source}/{file}"
+    # This task owns the key: an upload still open under it was left by a killed attempt (S3 would keep its parts).
+    if aborted := run.store.abort_uploads(raw_key(source, file)):
+        log.info("%s: aborted %d unfinished upload(s) left by an earlier attempt", label, aborted)
     if run.source(source).kind == "manual":
         from mgdata.manual import fetch_provided, find_provided
 

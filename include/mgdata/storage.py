@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -59,6 +61,16 @@ class ObjectWriter(ABC):
 
     @abstractmethod
     def abort(self) -> None: ...
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 class Store(ABC):
@@ -125,33 +137,49 @@ class Store(ABC):
         """The file behind a key when the store is a local folder, so layouts can hardlink instead of copy."""
         return None
 
+    def abort_uploads(self, key: str) -> int:
+        """Abort unfinished uploads left under `key` by a killed writer; call it only where no other writer of the
+        same key can be running (a task that owns the key). Returns how many were aborted."""
+        return 0
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Local folder
 
 
 class _LocalWriter(ObjectWriter):
-    def __init__(self, target: Path, tmp_dir: Path):
+    def __init__(self, target: Path, tmp_dir: Path, name: str):
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._target = target
-        self._tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+        self._target, self._name = target, name
+        # The writer's host and pid in the name let the next LocalStore tell a killed writer's leftovers from a live one's.
+        self._tmp = tmp_dir / f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}.part"
         self._f = open(self._tmp, "wb")
         self.bytes_written = 0
 
     def write(self, data: bytes) -> int:
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as e:  # a full disk (ENOSPC), a size limit (EFBIG): name the object, not the temp file
+            raise StoreError(f"cannot write {self._name}: {e.strerror or e}") from e
         self.bytes_written += n
         return n
 
     def commit(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        self._target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, self._target)
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, self._target)
+        except OSError as e:  # the last buffered bytes may only fail here; the temp file must not outlive it
+            self.abort()
+            raise StoreError(f"cannot write {self._name}: {e.strerror or e}") from e
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # flushing the buffered tail of a discarded object can fail on a full disk
+            pass
         self._tmp.unlink(missing_ok=True)
 
 
@@ -184,11 +212,35 @@ class LocalStore(Store):
     """Objects are files under `root`; temporary files live in `root/.tmp` so renames stay on one filesystem."""
 
     TMP_DIR = ".tmp"
+    STALE_PART_SECONDS = 24 * 3600  # a temp file untouched this long is abandoned, whoever wrote it
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = self.root.as_uri()
+        self.clean_stale_parts()
+
+    def clean_stale_parts(self) -> list[str]:
+        """Remove temp files of writers that can no longer commit them: written on this host by a process that is
+        gone (a SIGKILLed task), or, from any host, untouched for `STALE_PART_SECONDS`. Returns the names removed."""
+        tmp, host, removed = self.root / self.TMP_DIR, socket.gethostname(), []
+        try:
+            entries = list(os.scandir(tmp))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.name.endswith(".part"):
+                continue
+            writer, _, _uuid = entry.name.removesuffix(".part").rpartition(".")  # <host>.<pid>.<uuid>.part
+            writer_host, _, pid = writer.rpartition(".")
+            try:
+                dead = writer_host == host and pid.isdigit() and not _pid_alive(int(pid))
+                if dead or time.time() - entry.stat().st_mtime > self.STALE_PART_SECONDS:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:  # its writer committed or aborted it meanwhile
+                pass
+        return removed
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -214,7 +266,7 @@ class LocalStore(Store):
 
     def new_writer(self, key: str) -> ObjectWriter:
         try:
-            return _LocalWriter(self._path(key), self.root / self.TMP_DIR)
+            return _LocalWriter(self._path(key), self.root / self.TMP_DIR, self.describe(key))
         except OSError as e:
             raise StoreError(f"cannot write {self.describe(key)}: {e.strerror or e}") from e
 
@@ -467,6 +519,20 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
+
+    def abort_uploads(self, key: str) -> int:
+        full, aborted = self._full(key), 0
+        listing = self._call(
+            "ListMultipartUploads", key, self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=full
+        )
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == full:  # the prefix also matches longer keys, which are not ours
+                self._call(
+                    "AbortMultipartUpload", key, self.client.abort_multipart_upload,
+                    Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
+                )  # fmt: skip
+                aborted += 1
+        return aborted
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._full(o.key) for o in self.list(prefix)]

@@ -13,10 +13,22 @@ is skipped with that reason, so a source can list a mirror kind that is still be
 from __future__ import annotations
 
 import importlib
+import logging
 
 from mgdata.catalog import Mirror
-from mgdata.fetch.http import FetchError, FetchResult, RemoteInfo, _error
+from mgdata.fetch.http import FetchError, FetchResult, RemoteInfo, _error, _scrub
 from mgdata.storage import Store
+
+
+class _RedactRequestLines(logging.Filter):
+    """urllib3 logs every request line with its query string at DEBUG: a signed URL's token must not reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _scrub(record.getMessage()), ()
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactRequestLines())
 
 # mirror kind -> module implementing fetch() and probe()
 ADAPTERS = {

@@ -37,6 +37,10 @@ from mgdata.storage import MiB, ObjectWriter, Store, check_key
 USER_AGENT = "mgllava-data/0.1 (+https://github.com/)"
 CHUNK = 1 * MiB
 CONNECT_TIMEOUT = 10.0
+# Big files come over parallel ranged GETs (mgdata.fetch.parallel): servers often cap each connection's rate.
+PARALLEL_CONNECTIONS = 8
+PARALLEL_MIN = 64 * MiB
+PARALLEL_PART_SIZE = 8 * MiB
 
 logger = logging.getLogger("mgdata.fetch")
 
@@ -444,6 +448,9 @@ def fetch_to_store(
     progress_every: float = 10.0,
     log: Callable[[str], None] | None = None,
     headers: dict[str, str] | None = None,
+    connections: int = PARALLEL_CONNECTIONS,
+    part_size: int | None = None,
+    parallel_min: int = PARALLEL_MIN,
 ) -> FetchResult:
     """Download the first mirror in `urls` that delivers a verified body into `store` under `key`.
 
@@ -454,6 +461,9 @@ def fetch_to_store(
     a StoreError from the store propagates at once. Nothing is ever left under `key` on failure. `headers` are sent
     with every request (e.g. an Authorization header; requests drops it on a redirect to another host) and never
     logged.
+
+    A file whose `size` is at least `parallel_min` comes over `connections` ranged GETs of `part_size` bytes (default:
+    the store's multipart part size) when the mirror honours ranges: see `mgdata.fetch.parallel`.
     """
     if not urls:
         raise ValueError(f"{label}: no URL to fetch from")
@@ -471,6 +481,10 @@ def fetch_to_store(
     try:
         for i, url in enumerate(urls):
             try:
+                if connections > 1 and size is not None and size >= parallel_min:
+                    result = _run_parallel(job, url, connections, part_size or _part_size(store))
+                    if result is not None:
+                        return result
                 return job.run(url)
             except _GiveUp as e:
                 failures.append((redact_url(url), e.reason, e.integrity))
@@ -481,6 +495,31 @@ def fetch_to_store(
             session.close()
     cls = ChecksumMismatch if all(integrity for _, _, integrity in failures) else FetchError
     raise _error(cls, label, [(u, r) for u, r, _ in failures])
+
+
+def _part_size(store: Store) -> int:
+    """The store's multipart part size, so fetched parts become store parts one to one."""
+    return getattr(store, "part_size", PARALLEL_PART_SIZE)
+
+
+def _run_parallel(job: _Fetch, url: str, connections: int, part_size: int) -> FetchResult | None:
+    """The parallel path when the mirror honours ranges for this file; None means: use the single stream."""
+    from mgdata.fetch.parallel import NotRanged, ParallelFetch
+
+    try:
+        info = probe(
+            url, session=job.session, timeout=job.timeout, max_attempts=2, backoff=job.waits.backoff,
+            max_backoff=job.waits.max_backoff, log=job.emit, headers=job.headers,
+        )  # fmt: skip
+    except FetchError:
+        return None  # the single stream reports this mirror's failure with its own retries
+    if not info.accepts_ranges or info.size != job.size:
+        return None
+    try:
+        return ParallelFetch(job, url, info, connections=connections, part_size=part_size).run()
+    except NotRanged as e:
+        job.emit(f"{job.label}: {redact_url(url)}: {e}; falling back to one stream")
+        return None
 
 
 class _Fetch:

@@ -1,0 +1,94 @@
+"""Idempotency: every stage re-run after it succeeded changes nothing (an Airflow retry, or a task cleared from the UI
+in a finished run), and clearing the whole finished run converges to the same manifests and objects."""
+
+from __future__ import annotations
+
+import hashlib
+
+from mgdata import manifest
+from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.report import assemble_run, verify_run
+from mgdata.settings import Settings
+from mgdata.storage import LocalStore
+
+SOURCE = "ai2d"
+
+
+def listing(store: LocalStore) -> dict[str, str]:
+    """Every object and its sha256, except this run's own records (`runs/`: timings, attempts, the report's time)
+    and the state records, whose content is compared separately without their timings."""
+    return {
+        o.key: hashlib.sha256(store.read_bytes(o.key)).hexdigest()
+        for o in store.list("")
+        if not o.key.startswith(("runs/", "state/"))
+    }
+
+
+def manifest_rows(store: LocalStore) -> list[dict]:
+    return manifest.read_table(store, manifest.source_key(SOURCE)).to_pylist()
+
+
+def test_each_stage_twice_changes_nothing(mirror, tmp_path):
+    _, catalog, _ = mirror
+    store = LocalStore(tmp_path / "store")
+    run = Run(Settings(storage=store.url, catalog=catalog, layout_dir=str(tmp_path / "data")), "run1")
+
+    files = plan_source(run, SOURCE)
+    for f in files:
+        fetch_file(run, SOURCE, f["file"])
+    before = listing(store)
+    for f in files:  # a retried fetch: the same verified object
+        fetch_file(run, SOURCE, f["file"])
+    assert listing(store) == before
+
+    shards = plan_shards(run, SOURCE)
+    sharded = listing(store)
+    assert plan_shards(run, SOURCE) == shards and listing(store) == sharded
+    results = [extract_shard(run, SOURCE, s) for s in shards]
+    after_extract = listing(store)
+    again = [extract_shard(run, SOURCE, s) for s in shards]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in results]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == strip
+    assert listing(store) == after_extract
+
+    first = finalize_source(run, SOURCE)
+    rows, objects = manifest_rows(store), listing(store)
+    second = finalize_source(run, SOURCE)
+    assert manifest_rows(store) == rows and listing(store) == objects
+    assert {k: second[k] for k in ("status", "images_ok", "images_invalid")} == {
+        k: first[k] for k in ("status", "images_ok", "images_invalid")
+    }
+
+    report = assemble_run(run, [SOURCE])
+    tree = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
+    assert assemble_run(run, [SOURCE]) == report and verify_run(run) == verify_run(run)
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == tree
+    assert listing(store) == objects
+
+
+def test_clearing_a_finished_run_converges(mirror, tmp_path):
+    """Clear every task of a finished run (same run id): plan finds nothing to do, the manifest and data/ stay."""
+    _, catalog, _ = mirror
+    store = LocalStore(tmp_path / "store")
+    run = Run(Settings(storage=store.url, catalog=catalog), "run1")
+
+    def whole_run() -> tuple[dict, list, list]:
+        planned = plan_source(run, SOURCE)
+        for f in planned:
+            fetch_file(run, SOURCE, f["file"])
+        shards = plan_shards(run, SOURCE)
+        for shard in shards:
+            extract_shard(run, SOURCE, shard)
+        summary = finalize_source(run, SOURCE)
+        assemble_run(run, [SOURCE])
+        return summary, planned, shards
+
+    first, planned, shards = whole_run()
+    assert len(planned) == 1 and shards
+    rows, objects = manifest_rows(store), listing(store)
+    state = store.read_bytes(f"state/{SOURCE}.json")
+    second, planned, shards = whole_run()
+    assert first["status"] == second["status"] == "ok"
+    assert planned == [] and shards == []  # nothing fetched or extracted again
+    assert manifest_rows(store) == rows and listing(store) == objects
+    assert store.read_bytes(f"state/{SOURCE}.json") == state

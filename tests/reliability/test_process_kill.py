@@ -1,0 +1,216 @@
+"""A task process SIGKILLed mid-fetch and mid-extract, then run again: the result is byte-identical to an
+undisturbed run (data/ objects, the source manifest, raw/), and no temporary object or open upload is left.
+
+The stages run in a child `python -c` (the way a worker runs a task); the sample mirror serves the AI2D replica
+rate-limited so the kill lands mid-transfer, and the extract child's store writes are slowed so it lands mid-shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mgdata import manifest
+from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.settings import Settings
+from mgdata.storage import LocalStore, S3Store, s3_client
+
+SOURCE = "ai2d"
+RUN_ID = "run1"
+
+CHILD = """
+import sys, time
+from mgdata.ingest import Run, fetch_file, plan_source, plan_shards, extract_shard
+from mgdata.settings import Settings
+from mgdata.storage import LocalStore
+stage, storage, catalog = sys.argv[1:4]
+if stage == "extract":  # a slow store: the kill lands between two image writes
+    put = LocalStore.put_bytes
+    LocalStore.put_bytes = lambda self, key, data: (time.sleep(0.05), put(self, key, data))[1]
+run = Run(Settings(storage=storage, catalog=catalog), "run1")
+if stage == "fetch":
+    for f in plan_source(run, "ai2d"):
+        fetch_file(run, "ai2d", f["file"])
+else:
+    for shard in plan_shards(run, "ai2d"):
+        extract_shard(run, "ai2d", shard)
+"""
+
+
+def ingest(run: Run) -> dict:
+    """plan → fetch → shard → extract → finalize, in this process."""
+    for f in plan_source(run, SOURCE):
+        fetch_file(run, SOURCE, f["file"])
+    for shard in plan_shards(run, SOURCE):
+        extract_shard(run, SOURCE, shard)
+    return finalize_source(run, SOURCE)
+
+
+def snapshot(store) -> dict:
+    """What a run produced that must not depend on faults: every data/ and raw/ object's bytes, and the manifest."""
+    objects = {
+        o.key: hashlib.sha256(store.read_bytes(o.key)).hexdigest()
+        for prefix in ("data/", "raw/", "quarantine/")
+        for o in store.list(prefix)
+    }
+    return {
+        "objects": objects,
+        "manifest": manifest.read_table(store, manifest.source_key(SOURCE)).to_pylist(),
+    }
+
+
+@pytest.fixture(scope="module")
+def undisturbed(mirror, tmp_path_factory):
+    _, catalog, _ = mirror
+    store = LocalStore(tmp_path_factory.mktemp("undisturbed"))
+    summary = ingest(Run(Settings(storage=store.url, catalog=catalog), RUN_ID))
+    assert summary["status"] == "ok"
+    return snapshot(store)
+
+
+def start_child(stage: str, storage: str, catalog: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, stage, storage, catalog],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the {what} child ended before the kill: {proc.stdout.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, f"the {what} child never got to the point of the kill"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL  # reaped: its pid is gone, as after a worker's SIGKILL
+
+
+def tmp_parts(store: LocalStore) -> list[Path]:
+    return [p for p in (store.root / LocalStore.TMP_DIR).glob("*.part") if p.stat().st_size > 0]
+
+
+def test_local_store_sigkill_during_fetch_then_retry(mirror, undisturbed, tmp_path):
+    srv, catalog, replica = mirror
+    store = LocalStore(tmp_path / "store")
+    srv.rate_limit = replica.size // 3  # about 3 s for the whole file
+    try:
+        child = start_child("fetch", store.url, catalog)
+        kill_when(child, lambda: tmp_parts(store), "fetch")
+    finally:
+        srv.rate_limit = None
+    assert store.stat(f"raw/{SOURCE}/{replica.name}") is None  # nothing published under the key
+    left = list((store.root / LocalStore.TMP_DIR).glob("*.part"))
+    assert len(left) == 1 and f".{child.pid}." in left[0].name
+
+    retry = Run(Settings(storage=store.url, catalog=catalog), RUN_ID)
+    assert (
+        retry.store.root == store.root
+    )  # the retry opens the store in a new process: the dead writer's part goes
+    assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
+    assert ingest(retry)["status"] == "ok"
+    assert snapshot(store) == undisturbed
+
+
+def test_local_store_sigkill_during_extract_then_retry(mirror, undisturbed, tmp_path):
+    _, catalog, _ = mirror
+    store = LocalStore(tmp_path / "store")
+    run = Run(Settings(storage=store.url, catalog=catalog), RUN_ID)
+    for f in plan_source(run, SOURCE):
+        fetch_file(run, SOURCE, f["file"])
+
+    child = start_child("extract", store.url, catalog)
+    kill_when(child, lambda: len(list(store.list("data/"))) >= 5, "extract")
+    assert (
+        list(store.list(manifest.parts_prefix(SOURCE))) == []
+    )  # killed mid-shard: its manifest part not written
+    for o in store.list("data/"):  # every image published so far is whole (temp file + rename)
+        assert undisturbed["objects"][o.key] == hashlib.sha256(store.read_bytes(o.key)).hexdigest()
+
+    retry = Run(Settings(storage=store.url, catalog=catalog), RUN_ID)
+    for shard in plan_shards(retry, SOURCE):  # the task retried: shard and extract again, then finalize
+        extract_shard(retry, SOURCE, shard)
+    assert finalize_source(retry, SOURCE)["status"] == "ok"
+    assert snapshot(store) == undisturbed
+    assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
+
+
+def test_s3_sigkill_during_fetch_aborts_the_abandoned_upload(mirror, undisturbed, moto_endpoint):
+    srv, catalog, replica = mirror
+    client = s3_client(
+        endpoint_url=moto_endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+    )
+    bucket = f"kill-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    storage = f"s3://{bucket}/store"
+    env = {
+        "AWS_ENDPOINT_URL_S3": moto_endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }  # fmt: skip
+    child_code = CHILD.replace(
+        'run = Run(Settings(storage=storage, catalog=catalog), "run1")',
+        "from mgdata.storage import S3Store, s3_client\n"
+        "run = Run(Settings(storage=storage, catalog=catalog), 'run1', _store=S3Store("
+        f"{bucket!r}, 'store', s3_client(), part_size=1024 * 1024))",
+    )
+    assert child_code != CHILD  # the child writes 1 MiB parts: its upload is open long before the file ends
+
+    def uploads() -> list[dict]:
+        return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+    srv.rate_limit = replica.size // 3
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", child_code, "fetch", storage, catalog], env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        kill_when(child, lambda: uploads(), "S3 fetch")
+    finally:
+        srv.rate_limit = None
+    assert [u["Key"] for u in uploads()] == [
+        f"store/raw/{SOURCE}/{replica.name}"
+    ]  # the killed writer's parts
+
+    store = S3Store(bucket, "store", client, part_size=5 * 1024 * 1024)
+    assert store.stat(f"raw/{SOURCE}/{replica.name}") is None
+    assert ingest(Run(Settings(storage=storage, catalog=catalog), RUN_ID, _store=store))["status"] == "ok"
+    assert uploads() == []
+    assert snapshot(store) == undisturbed
+
+
+def test_stale_part_rules(tmp_path):
+    """Which leftovers a LocalStore removes when opened: a dead local writer's, and anyone's after a day untouched;
+    never a live writer's (another process, or another host whose liveness cannot be told from here)."""
+    tmp = tmp_path / LocalStore.TMP_DIR
+    tmp.mkdir()
+    host = socket.gethostname()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    names = {
+        "dead": f"{host}.{int(dead.stdout)}.a.part",
+        "live": f"{host}.{os.getpid()}.b.part",
+        "other-host-fresh": "elsewhere.1.c.part",
+        "other-host-old": "elsewhere.2.d.part",
+        "old-style": "0123abcd.part",
+    }
+    for name in names.values():
+        (tmp / name).write_bytes(b"partial")
+    day_ago = time.time() - LocalStore.STALE_PART_SECONDS - 60
+    for which in ("other-host-old", "old-style"):
+        os.utime(tmp / names[which], (day_ago, day_ago))
+
+    LocalStore(tmp_path)
+
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([names["live"], names["other-host-fresh"]])
