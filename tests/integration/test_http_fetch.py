@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from store_checks import assert_nothing_published
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store, probe
 from mgdata.mirror.server import Fault, MirrorServer
@@ -80,17 +81,6 @@ def store(request, tmp_path: Path):
 @pytest.fixture
 def local_store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "store")
-
-
-def assert_nothing_published(store, key: str) -> None:
-    assert store.stat(key) is None
-    if isinstance(store, LocalStore):
-        assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
-    else:
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get(
-            "Uploads", []
-        )
-        assert uploads == []
 
 
 def gets(srv: MirrorServer) -> list[tuple[str, str, str | None]]:

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from store_checks import assert_nothing_published
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store
 from mgdata.mirror.server import Fault, MirrorServer
@@ -53,17 +54,6 @@ def store(request, tmp_path: Path):
 
 def ranges(srv: MirrorServer) -> list[str]:
     return [r[2] for r in srv.requests if r[0] == "GET" and r[2]]
-
-
-def assert_nothing_published(store, key: str) -> None:
-    assert store.stat(key) is None
-    if isinstance(store, LocalStore):
-        assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
-    else:
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get(
-            "Uploads", []
-        )
-        assert uploads == []
 
 
 def test_parts_are_fetched_in_parallel_aligned_with_store_parts(server, store, payload):

@@ -245,6 +245,15 @@ class _GiveUp(Exception):
         self.integrity = integrity  # the body was complete but its size or a checksum was wrong
 
 
+def verify_body(written: int, digests: dict[str, str], *, size: int | None, expected: dict[str, str]) -> None:
+    """The one check before an object is published: the size and every expected checksum match."""
+    if size is not None and written != size:
+        raise _GiveUp(f"size mismatch: expected {size} bytes, got {written}", integrity=True)
+    for algo, want in expected.items():
+        if digests[algo] != want:
+            raise _GiveUp(f"{algo} mismatch: expected {want}, got {digests[algo]}", integrity=True)
+
+
 class _Backoff:
     def __init__(self, backoff: float, max_backoff: float):
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -675,11 +684,7 @@ class _Fetch:
             if writer is None or digester is None:
                 raise _GiveUp("no body received")
             digests = digester.hexdigests()
-            if self.size is not None and written != self.size:
-                raise _GiveUp(f"size mismatch: expected {self.size} bytes, got {written}", integrity=True)
-            for algo, want in self.expected.items():
-                if digests[algo] != want:
-                    raise _GiveUp(f"{algo} mismatch: expected {want}, got {digests[algo]}", integrity=True)
+            verify_body(written, digests, size=self.size, expected=self.expected)
             writer.commit()
             writer = None
         except BaseException:

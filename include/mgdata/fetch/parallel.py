@@ -37,6 +37,7 @@ from mgdata.fetch.http import (
     human_bytes,
     new_session,
     redact_url,
+    verify_body,
 )
 
 
@@ -216,11 +217,7 @@ class ParallelFetch:
                 written += len(data)
                 job.progress.update(written)
             digests = digester.hexdigests()
-            if job.size is not None and written != job.size:
-                raise _GiveUp(f"size mismatch: expected {job.size} bytes, got {written}", integrity=True)
-            for algo, want in job.expected.items():
-                if digests[algo] != want:
-                    raise _GiveUp(f"{algo} mismatch: expected {want}, got {digests[algo]}", integrity=True)
+            verify_body(written, digests, size=job.size, expected=job.expected)
             writer.commit()
         except BaseException:
             writer.abort()
