@@ -8,7 +8,11 @@ import tempfile
 _home = tempfile.mkdtemp(prefix="mgdata-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _home)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dags")
+_repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_repo, "dags")
+# Airflow reads the plugins folder once, when airflow.settings is first imported: set it before any test imports Airflow,
+# so the audit plugin is found whichever test happens to import Airflow first.
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(_repo, "plugins")
 
 import pytest  # noqa: E402
 
