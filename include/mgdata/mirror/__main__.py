@@ -26,6 +26,7 @@ from mgdata.mirror.build import (
     build_mirror,
     load_replicas,
     write_catalog,
+    write_text_atomic,
 )
 from mgdata.mirror.hub import load_hub
 from mgdata.mirror.web_replicas import routes as web_routes
@@ -79,13 +80,6 @@ def _build(args: argparse.Namespace) -> list[ReplicaFile]:
     return replicas
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _serve(args: argparse.Namespace) -> int:
     from mgdata.mirror.server import MirrorServer
 
@@ -114,10 +108,10 @@ def _serve(args: argparse.Namespace) -> int:
         base_url = server.base_url
         catalog = write_catalog(root, base_url, replicas, out=args.catalog_out)
         if args.pidfile:
-            _write_atomic(args.pidfile, f"{os.getpid()}\n")
+            write_text_atomic(args.pidfile, f"{os.getpid()}\n")
             written.append(args.pidfile)
         if args.ready_file:  # last: whoever waits on it may use the catalog and the server right away
-            _write_atomic(args.ready_file, base_url + "\n")
+            write_text_atomic(args.ready_file, base_url + "\n")
             written.append(args.ready_file)
         print(f"serving {root} at {base_url}", flush=True)
         print(f"catalog: {catalog}", flush=True)

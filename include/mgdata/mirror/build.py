@@ -587,7 +587,7 @@ def build_mirror(
         from mgdata.mirror.web_replicas import build_web_replicas
 
         replicas += build_web_replicas(root, raw, web_names, images_per_source, seed)
-    _write_text(root / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=2) + "\n")
+    write_text_atomic(root / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=2) + "\n")
     return replicas
 
 
@@ -653,12 +653,13 @@ def write_catalog(
         f"# Replicated sources: {', '.join(sorted({r.source for r in replicas})) or 'none'}. Do not edit: rebuild it.\n"
     )
     body = yaml.dump(raw, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)
-    _write_text(out, header + body)
+    write_text_atomic(out, header + body)
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file so readers never see it half-written (the demo polls for the ready file and catalog)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

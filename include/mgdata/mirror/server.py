@@ -189,20 +189,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def send_json(
         self, status: int, value, headers: dict[str, str] | None = None, *, head: bool = False
     ) -> None:
-        body = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        self._send_body(status, json.dumps(value).encode(), "application/json", headers, head)
 
     def _simple(self, status: int, head: bool, headers: dict[str, str] | None = None) -> None:
         body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
+        self._send_body(status, body, "text/plain; charset=utf-8", headers, head)
+
+    def _send_body(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None, head: bool
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)

@@ -41,8 +41,8 @@ from mgdata.mirror.build import (
     _PhotoPool,
     _sha256,
     _truncated,
-    _write_text,
     _write_zip,
+    write_text_atomic,
 )
 from mgdata.mirror.drive import DriveStandIn
 
@@ -342,7 +342,7 @@ def write_url_list(root: Path, base_url: str) -> ReplicaFile:
             "split": rng.choice([1, 1, 1, 2, 3]),
         }
     relpath = spec["url_list"]
-    _write_text(root / relpath, json.dumps(entries, indent=1) + "\n")
+    write_text_atomic(root / relpath, json.dumps(entries, indent=1) + "\n")
     outcomes = [cover_outcome(c["behaviour"]) for c in covers.values()]
     return _record(
         root, "ocr_vqa", "dataset.json", relpath, images=sum(o in ("ok", "normalized") for o in outcomes),
@@ -392,7 +392,7 @@ def build_web_replicas(root: Path, raw: dict, names: list[str], images: int, see
                                                    [OCR_VQA_FOLDER_FILE_ID, "dataset.json"]]]  # fmt: skip
         else:
             raise ValueError(f"no web replica for {name!r}; replicable: {list(WEB_SOURCES)}")
-    _write_text(root / WEB_JSON, json.dumps(spec, indent=1) + "\n")
+    write_text_atomic(root / WEB_JSON, json.dumps(spec, indent=1) + "\n")
     if "ocr_vqa" in names:
         replicas.append(write_url_list(root, PLACEHOLDER_BASE))
     return replicas
