@@ -4,7 +4,8 @@
 and writes each shard's member list to `work/`. `extract` streams one shard's byte range from the store, and for every
 member, in a thread pool (zlib, hashlib and Pillow's decoders release the GIL, so threads use every core): inflate and
 check it, hash it, fully decode it, write it under `data/<layout path>` (or `quarantine/<source>/` with the reason),
-and produce its manifest row. The rows go to one small Parquet part per shard.
+and produce its manifest row. The rows go to one small Parquet part per shard, written after one flush of the store
+(`Store.sync`) rather than an fsync per image: the part is the shard's commit record.
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ from mgdata.ingest import Run, SourceFailed, raw_key
 
 log = logging.getLogger("mgdata.extract")
 
-WORKERS = max(2, (os.cpu_count() or 2) * 2)  # I/O to the store overlaps decoding; 2x cores keeps both busy
+
+def extract_threads() -> int:
+    """Threads per extract task: `MGDATA_EXTRACT_THREADS`, else twice the cores (store I/O overlaps decoding).
+
+    Under an executor that runs one extract task per core at once (LocalExecutor, a Celery worker with
+    concurrency = cores), 2 is enough: the task processes already use every core."""
+    raw = os.environ.get("MGDATA_EXTRACT_THREADS", "")
+    try:
+        return max(1, int(raw)) if raw else max(2, (os.cpu_count() or 2) * 2)
+    except ValueError:
+        raise ValueError(f"MGDATA_EXTRACT_THREADS must be a whole number (got {raw!r})") from None
 
 
 def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False) -> list[str]:
@@ -133,13 +144,13 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
         else:
             check = None
         if check is not None and check.status in manifest.USABLE:
-            store.put_bytes(f"data/{target}", check.data)
+            store.put_bytes(f"data/{target}", check.data, durable=False)  # made durable by store.sync() below
             out = check.data
         else:
             error = error or (check.error if check else "member not taken")
             out = data
             if data is not None and target is not None:
-                store.put_bytes(f"quarantine/{source}/{target}", data)
+                store.put_bytes(f"quarantine/{source}/{target}", data, durable=False)
         return {
             "path": path,
             "bytes": len(out) if out is not None else None,
@@ -168,11 +179,12 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
         return land(member, None if reason else data, reason)
 
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix=f"extract-{source}") as pool:
+    workers = extract_threads()
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"extract-{source}") as pool:
 
         def submit(fn, *args) -> None:
             pending.append(pool.submit(fn, *args))
-            while len(pending) > 4 * WORKERS:  # bounded memory: at most this many members in flight
+            while len(pending) > 4 * workers:  # bounded memory: at most this many members in flight
                 rows.append(pending.popleft().result())
 
         try:
@@ -217,6 +229,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
 
     rows.sort(key=lambda r: r["path"])
     if rows:
+        store.sync()  # every image named by the part is on disk before the part is
         manifest.write_table(
             store, f"{manifest.parts_prefix(source, f.name)}{index}.parquet", manifest.to_table(rows)
         )

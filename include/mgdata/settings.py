@@ -9,6 +9,7 @@
 | `MGDATA_OCR_VQA_IMAGES` | OCR-VQA's images from `urls` (dataset.json's Amazon URLs) or the `mirror` zip | `urls`            |
 | `MGDATA_GDRIVE_URL` | Google Drive's base URL (tests and the demo point it at a stand-in)  | `https://drive.google.com`       |
 | `MGDATA_GDRIVE_COOKIES` | a Netscape cookies file of a signed-in Google account (Drive quota) | unset: no cookies             |
+| `MGDATA_EXTRACT_THREADS` | threads per extract task (read by `mgdata.extract`)                   | twice the cores                  |
 | `MGDATA_HF_CONN_ID` | Airflow connection whose password is the Hugging Face token          | unset: `HF_TOKEN`, else anonymous |
 | `HF_ENDPOINT`       | the Hugging Face Hub endpoint (a mirror's `endpoint` overrides it)   | `https://huggingface.co`         |
 

@@ -6,6 +6,7 @@ The S3 backend talks the real S3 protocol to moto's ThreadedMotoServer on loopba
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -57,6 +58,28 @@ def test_multipart_object_is_published_only_on_commit(store):
         assert store.stat("big/obj.bin") is None, "a partial object must never be visible"
         w.write(big[7 * 1024 * 1024 :])
     assert store.read_bytes("big/obj.bin") == big
+
+
+def test_writes_with_deferred_durability_publish_the_same_way(store):
+    store.put_bytes("d/x.jpg", b"image bytes", durable=False)
+    with store.writer("d/y.bin", durable=False) as w:
+        w.write(b"streamed")
+        assert store.stat("d/y.bin") is None, "a partial object must never be visible"
+    store.sync()
+    assert store.read_bytes("d/x.jpg") == b"image bytes"
+    assert store.read_bytes("d/y.bin") == b"streamed"
+
+
+def test_local_store_remakes_folders_removed_behind_its_back(tmp_path):
+    """The store remembers the folders it made; one removed meanwhile (data/ cleared by hand, .tmp/ too) is made
+    again instead of failing the write."""
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("data/a/1.jpg", b"1")
+    shutil.rmtree(tmp_path / "store" / "data")
+    shutil.rmtree(tmp_path / "store" / LocalStore.TMP_DIR)
+    store.put_bytes("data/a/2.jpg", b"2", durable=False)
+    assert store.read_bytes("data/a/2.jpg") == b"2"
+    assert [o.key for o in store.list("data/")] == ["data/a/2.jpg"]
 
 
 def test_failed_write_leaves_nothing(store):

@@ -35,7 +35,7 @@ from mgdata.storage import LocalStore
 stage, storage, catalog = sys.argv[1:4]
 if stage == "extract":  # a slow store: the kill lands between two image writes
     put = LocalStore.put_bytes
-    LocalStore.put_bytes = lambda self, key, data: (time.sleep(0.05), put(self, key, data))[1]
+    LocalStore.put_bytes = lambda self, key, data, **kw: (time.sleep(0.05), put(self, key, data, **kw))[1]
 run = Run(Settings(storage=storage, catalog=catalog), "run1")
 if stage == "fetch":
     for f in plan_source(run, "ai2d"):
@@ -97,8 +97,16 @@ def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 60) -> 
     assert proc.wait(30) == -signal.SIGKILL  # reaped: its pid is gone, as after a worker's SIGKILL
 
 
-def tmp_parts(store: LocalStore) -> list[Path]:
-    return [p for p in (store.root / LocalStore.TMP_DIR).glob("*.part") if p.stat().st_size > 0]
+def tmp_parts(store: LocalStore, min_bytes: int = 1) -> list[Path]:
+    """Temporary files of at least `min_bytes`; a vanished one (renamed in the meantime) is skipped."""
+    parts = []
+    for p in (store.root / LocalStore.TMP_DIR).glob("*.part"):
+        try:
+            if p.stat().st_size >= min_bytes:
+                parts.append(p)
+        except FileNotFoundError:
+            pass
+    return parts
 
 
 def test_local_store_sigkill_during_fetch_then_retry(mirror, undisturbed, tmp_path):
@@ -107,7 +115,9 @@ def test_local_store_sigkill_during_fetch_then_retry(mirror, undisturbed, tmp_pa
     srv.rate_limit = replica.size // 3  # about 3 s for the whole file
     try:
         child = start_child("fetch", store.url, catalog)
-        kill_when(child, lambda: tmp_parts(store), "fetch")
+        # Wait for the archive's part, not the small plan/state objects that pass through .tmp/ on the way:
+        # those are renamed at once, and a kill seen on one of them landed before the fetch began.
+        kill_when(child, lambda: tmp_parts(store, min_bytes=replica.size // 20), "fetch")
     finally:
         srv.rate_limit = None
     assert store.stat(f"raw/{SOURCE}/{replica.name}") is None  # nothing published under the key
@@ -190,16 +200,22 @@ def test_s3_sigkill_during_fetch_aborts_the_abandoned_upload(mirror, undisturbed
 
 
 def test_stale_part_rules(tmp_path):
-    """Which leftovers a LocalStore removes when opened: a dead local writer's, and anyone's after a day untouched;
-    never a live writer's (another process, or another host whose liveness cannot be told from here)."""
+    """Which leftovers a LocalStore removes when opened: a dead local writer's (exited, or a zombie), and anyone's
+    after a day untouched; never a live writer's (another process, or another host whose liveness cannot be told from here)."""
     tmp = tmp_path / LocalStore.TMP_DIR
     tmp.mkdir()
     host = socket.gethostname()
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and stays unreaped until wait() below
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.02)
     names = {
         "dead": f"{host}.{int(dead.stdout)}.a.part",
+        "zombie": f"{host}.{zombie.pid}.z.part",  # killed but not reaped: where PID 1 does not reap orphans
         "live": f"{host}.{os.getpid()}.b.part",
         "other-host-fresh": "elsewhere.1.c.part",
         "other-host-old": "elsewhere.2.d.part",
@@ -212,5 +228,49 @@ def test_stale_part_rules(tmp_path):
         os.utime(tmp / names[which], (day_ago, day_ago))
 
     LocalStore(tmp_path)
+    zombie.wait()
 
     assert sorted(p.name for p in tmp.iterdir()) == sorted([names["live"], names["other-host-fresh"]])
+
+
+class RecordingStore(LocalStore):
+    """A local store that records, in order, each object write (key, durable) and each `sync()`."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.events: list[tuple[str, bool | None]] = []
+
+    def new_writer(self, key, *, durable=True):
+        self.events.append((key, durable))
+        return super().new_writer(key, durable=durable)
+
+    def sync(self):
+        self.events.append(("sync", None))
+        super().sync()
+
+
+def test_images_are_flushed_once_per_shard_before_its_manifest_part(mirror, undisturbed, tmp_path):
+    """Images are written without an fsync each; one store flush comes after the shard's last image and before its
+    manifest part, so after a power cut a manifest row never names an image that is not on disk."""
+    _, catalog, _ = mirror
+    store = RecordingStore(tmp_path / "store")
+    run = Run(Settings(storage=store.url, catalog=catalog), RUN_ID, _store=store)
+    for f in plan_source(run, SOURCE):
+        fetch_file(run, SOURCE, f["file"])
+    shards = plan_shards(run, SOURCE)
+    store.events.clear()
+    for shard in shards:
+        extract_shard(run, SOURCE, shard)
+
+    keys = [k for k, _ in store.events]
+    parts = [i for i, k in enumerate(keys) if k.startswith(manifest.parts_prefix(SOURCE))]
+    syncs = [i for i, k in enumerate(keys) if k == "sync"]
+    images = [i for i, k in enumerate(keys) if k.startswith(("data/", "quarantine/"))]
+    assert len(parts) == len(shards) == len(syncs) and images
+    assert all(store.events[i][1] is False for i in images)  # no fsync per image
+    assert all(store.events[i][1] is True for i in parts)  # the part itself is written durably
+    for sync, part in zip(syncs, parts, strict=True):  # each part right after its shard's flush
+        assert sync < part and not [i for i in images if sync < i < part]
+    assert max(images) < syncs[-1]
+    assert finalize_source(run, SOURCE)["status"] == "ok"
+    assert snapshot(store) == undisturbed

@@ -210,12 +210,12 @@ def _land(
         return row | {"bytes": None, "sha256": None, "status": "missing", "error": got.error}
     check = check_image(got.data, path)
     if check.status in ("ok", "normalized"):
-        store.put_bytes(f"data/{path}", check.data)
+        store.put_bytes(f"data/{path}", check.data, durable=False)  # extract syncs before the manifest part
         if clear_quarantine:
             store.delete(f"quarantine/{source}/{path}")
         out, error = check.data, check.error
     else:
-        store.put_bytes(f"quarantine/{source}/{path}", got.data)
+        store.put_bytes(f"quarantine/{source}/{path}", got.data, durable=False)
         out, error = got.data, check.error
     return row | {
         "bytes": len(out),
