@@ -34,6 +34,7 @@ from mgdata.archive import (
 from mgdata.catalog import RemoteFile
 from mgdata.images import check_image
 from mgdata.ingest import Run, SourceFailed, raw_key
+from mgdata.settings import env_int
 
 log = logging.getLogger("mgdata.extract")
 
@@ -43,11 +44,7 @@ def extract_threads() -> int:
 
     Under an executor that runs one extract task per core at once (LocalExecutor, a Celery worker with
     concurrency = cores), 2 is enough: the task processes already use every core."""
-    raw = os.environ.get("MGDATA_EXTRACT_THREADS", "")
-    try:
-        return max(1, int(raw)) if raw else max(2, (os.cpu_count() or 2) * 2)
-    except ValueError:
-        raise ValueError(f"MGDATA_EXTRACT_THREADS must be a whole number (got {raw!r})") from None
+    return env_int("MGDATA_EXTRACT_THREADS", max(2, (os.cpu_count() or 2) * 2))
 
 
 def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False) -> list[str]:

@@ -10,6 +10,9 @@
 | `MGDATA_GDRIVE_URL` | Google Drive's base URL (tests and the demo point it at a stand-in)  | `https://drive.google.com`       |
 | `MGDATA_GDRIVE_COOKIES` | a Netscape cookies file of a signed-in Google account (Drive quota) | unset: no cookies             |
 | `MGDATA_EXTRACT_THREADS` | threads per extract task (read by `mgdata.extract`)                   | twice the cores                  |
+| `MGDATA_FETCH_CONNECTIONS` | ranged GETs per big file (1: one stream; read by `mgdata.fetch.http`) | 8                              |
+| `MGDATA_FETCH_PART_MIB` | MiB per ranged GET                                                     | the store's multipart part size |
+| `MGDATA_FETCH_PARALLEL_MIN_MIB` | files from this size on are fetched in parallel                | 64                               |
 | `MGDATA_HF_CONN_ID` | Airflow connection whose password is the Hugging Face token          | unset: `HF_TOKEN`, else anonymous |
 | `HF_ENDPOINT`       | the Hugging Face Hub endpoint (a mirror's `endpoint` overrides it)   | `https://huggingface.co`         |
 
@@ -24,6 +27,20 @@ from pathlib import Path
 
 from mgdata.catalog import SHIPPED_CATALOG, Catalog, load_catalog
 from mgdata.storage import Store, open_store, s3_client
+
+
+def env_int(variable: str, default: int, *, minimum: int = 1) -> int:
+    """A whole-number setting from the environment (unset or empty: `default`); a bad value is an error naming it."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be a whole number (got {raw!r})") from None
+    if value < minimum:
+        raise ValueError(f"{variable} must be at least {minimum} (got {value})")
+    return value
 
 
 def default_storage_url() -> str:

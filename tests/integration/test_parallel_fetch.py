@@ -115,6 +115,35 @@ def test_a_small_file_takes_the_single_stream(server, tmp_path, payload):
     assert server.requests == [("GET", "/" + NAME, None)]
 
 
+def test_the_environment_sets_connections_part_size_and_threshold(server, tmp_path, payload, monkeypatch):
+    monkeypatch.setenv("MGDATA_FETCH_PARALLEL_MIN_MIB", "1")
+    monkeypatch.setenv("MGDATA_FETCH_PART_MIB", "4")
+    monkeypatch.setenv("MGDATA_FETCH_CONNECTIONS", "3")
+    store = LocalStore(tmp_path / "store")
+
+    fetch_to_store([server.url(NAME)], store, KEY, label="big", size=SIZE)
+
+    assert store.read_bytes(KEY) == payload
+    expected = [f"bytes={s}-{min(s + 4 * MiB, SIZE) - 1}" for s in range(0, SIZE, 4 * MiB)]
+    assert sorted(ranges(server)) == sorted(expected)
+
+
+def test_one_connection_in_the_environment_turns_the_parallel_path_off(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MGDATA_FETCH_PARALLEL_MIN_MIB", "1")
+    monkeypatch.setenv("MGDATA_FETCH_CONNECTIONS", "1")
+
+    fetch_to_store([server.url(NAME)], LocalStore(tmp_path / "store"), KEY, label="big", size=SIZE)
+
+    assert server.requests == [("GET", "/" + NAME, None)]
+
+
+def test_a_bad_setting_is_an_error_naming_it(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MGDATA_FETCH_CONNECTIONS", "0")
+
+    with pytest.raises(ValueError, match=r"MGDATA_FETCH_CONNECTIONS must be at least 1 \(got 0\)"):
+        fetch_to_store([server.url(NAME)], LocalStore(tmp_path / "store"), KEY, label="big", size=SIZE)
+
+
 def test_a_part_that_keeps_failing_gives_up_and_publishes_nothing(server, store):
     server.add_faults(NAME, *[Fault(status=503, method="GET") for _ in range(8)])
 

@@ -32,6 +32,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from mgdata.settings import env_int
 from mgdata.storage import MiB, ObjectWriter, Store, check_key
 
 USER_AGENT = "mgllava-data/0.1 (+https://github.com/)"
@@ -457,9 +458,9 @@ def fetch_to_store(
     progress_every: float = 10.0,
     log: Callable[[str], None] | None = None,
     headers: dict[str, str] | None = None,
-    connections: int = PARALLEL_CONNECTIONS,
+    connections: int | None = None,
     part_size: int | None = None,
-    parallel_min: int = PARALLEL_MIN,
+    parallel_min: int | None = None,
 ) -> FetchResult:
     """Download the first mirror in `urls` that delivers a verified body into `store` under `key`.
 
@@ -471,12 +472,20 @@ def fetch_to_store(
     with every request (e.g. an Authorization header; requests drops it on a redirect to another host) and never
     logged.
 
-    A file whose `size` is at least `parallel_min` comes over `connections` ranged GETs of `part_size` bytes (default:
-    the store's multipart part size) when the mirror honours ranges: see `mgdata.fetch.parallel`.
+    A file whose `size` is at least `parallel_min` comes over `connections` ranged GETs of `part_size` bytes when the
+    mirror honours ranges: see `mgdata.fetch.parallel`. Left unset, the three come from `MGDATA_FETCH_CONNECTIONS`
+    (8; 1 turns the parallel path off), `MGDATA_FETCH_PART_MIB` (the store's multipart part size, so fetched parts
+    become store parts one to one) and `MGDATA_FETCH_PARALLEL_MIN_MIB` (64).
     """
     if not urls:
         raise ValueError(f"{label}: no URL to fetch from")
     check_key(key)
+    if connections is None:
+        connections = env_int("MGDATA_FETCH_CONNECTIONS", PARALLEL_CONNECTIONS)
+    if part_size is None:
+        part_size = env_int("MGDATA_FETCH_PART_MIB", 0, minimum=0) * MiB or _part_size(store)
+    if parallel_min is None:
+        parallel_min = env_int("MGDATA_FETCH_PARALLEL_MIN_MIB", PARALLEL_MIN // MiB, minimum=0) * MiB
     expected = _normalise_checksums(checksums)
     emit = log or logger.info
     own = session is None
@@ -491,7 +500,7 @@ def fetch_to_store(
         for i, url in enumerate(urls):
             try:
                 if connections > 1 and size is not None and size >= parallel_min:
-                    result = _run_parallel(job, url, connections, part_size or _part_size(store))
+                    result = _run_parallel(job, url, connections, part_size)
                     if result is not None:
                         return result
                 return job.run(url)
