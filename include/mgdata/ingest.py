@@ -57,9 +57,23 @@ def _fingerprint(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fetch_fingerprint(f: RemoteFile) -> str:
-    """Changes when what we fetch changes: mirrors, size or checksums."""
-    return _fingerprint([m.model_dump() for m in f.mirrors] + [f.size, f.checksums])
+def fetch_fingerprint(f: RemoteFile, *, endpoints: bool = False) -> str:
+    """Changes when what we fetch changes: mirrors, size or checksums. A Hub mirror's `endpoint` says where the Hub
+    is served from (a proxy, a stand-in), not what is fetched: it is left out (`endpoints=True`: the fingerprint
+    stores written before that recorded)."""
+    mirrors = [m.model_dump(exclude=None if endpoints else {"endpoint"}) for m in f.mirrors]
+    return _fingerprint(mirrors + [f.size, f.checksums])
+
+
+def _pinned_and_held(f: RemoteFile, fetched: dict) -> bool:
+    """The catalog pins the file's bytes (size, checksums) and the stored copy is those bytes: mirrors added,
+    dropped, reordered or moved change nothing about it."""
+    held = {**(fetched.get("digests") or {}), "sha256": fetched.get("sha256")}
+    return (
+        bool(f.checksums)
+        and f.size in (None, fetched.get("size"))
+        and all(held.get(algo) == digest for algo, digest in f.checksums.items())
+    )
 
 
 def extract_fingerprint(f: RemoteFile) -> str:
@@ -132,9 +146,9 @@ class Run:
 def plan_source(run: Run, source: str) -> list[dict]:
     """Decide, per remote file, whether to fetch and whether to extract; return the files to fetch.
 
-    A file is fetched again only when it is new, its catalog entry changed, its stored copy is missing, `force` is set,
-    or (for files without a pinned checksum) the server's ETag / Last-Modified / size moved. Nothing changed means
-    nothing fetched.
+    A file is fetched again only when it is new, its catalog entry changed (for a file with a pinned checksum: the pin,
+    not the mirrors), its stored copy is missing, `force` is set, or (for files without a pinned checksum) the
+    server's ETag / Last-Modified / size moved. Nothing changed means nothing fetched.
     """
     src = run.source(source)
     if src.kind not in READY_KINDS:
@@ -274,8 +288,9 @@ def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool,
         return True, "forced"
     if not fetched:
         return True, "new"
-    if fetched.get("fingerprint") != fetch_fingerprint(f):
-        return True, "catalog entry changed"
+    if fetched.get("fingerprint") not in (fetch_fingerprint(f), fetch_fingerprint(f, endpoints=True)):
+        if not _pinned_and_held(f, fetched):
+            return True, "catalog entry changed"
     raw = run.store.stat(raw_key(source, f.name))
     if raw is None or raw.size != fetched.get("size"):
         return True, "stored copy missing or incomplete"

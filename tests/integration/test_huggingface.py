@@ -209,6 +209,59 @@ def test_unchanged_refresh_fetches_nothing_and_a_moved_revision_fetches_again(hu
     assert fourth["files_fetched"] == 0
 
 
+def relocated(h, name: str, change) -> Settings:
+    """The same catalog with `change(raw)` applied, written beside the original: new settings pointing at it."""
+    raw = yaml.safe_load(h.catalog.read_text())
+    change(raw)
+    path = h.tmp / name
+    path.write_text(yaml.safe_dump(raw))
+    return Settings(storage=h.settings.storage, catalog=str(path))
+
+
+def plan_of(settings: Settings, source: str, run_id: str) -> list[dict]:
+    plan_source(Run(settings, run_id), source)
+    store = LocalStore(settings.storage.removeprefix("file://"))
+    return json.loads(store.read_bytes(f"runs/{run_id}/sources/{source}/plan.json"))["files"]
+
+
+def test_a_pinned_file_whose_mirrors_change_is_not_fetched_again_but_a_new_pin_is(hub):
+    """Adding, reordering or moving mirrors changes nothing about bytes the catalog pins by checksum."""
+    assert ingest(hub, "coco", "r1")["files_fetched"] == 1
+    (coco_file,) = yaml.safe_load(hub.catalog.read_text())["sources"]["coco"]["files"]
+    (url,) = coco_file["mirrors"]
+    moved = url.replace("127.0.0.1", "localhost")
+    assert moved != url
+
+    def move(raw):
+        raw["sources"]["coco"]["files"][0]["mirrors"] = [f"{hub.server.base_url}/gone/train2017.zip", moved]
+
+    seen = len(hub.server.requests)
+    (decision,) = plan_of(relocated(hub, "moved.yaml", move), "coco", "r2")
+    assert (decision["fetch"], decision["reason"]) == (False, "unchanged (pinned checksum verified)")
+    assert hub.server.requests[seen:] == []  # not even a HEAD
+
+    def repin(raw):
+        move(raw)
+        raw["sources"]["coco"]["files"][0]["checksums"] = {"sha256": "0" * 64}
+
+    (decision,) = plan_of(relocated(hub, "repinned.yaml", repin), "coco", "r3")
+    assert (decision["fetch"], decision["reason"]) == (True, "catalog entry changed")
+
+
+def test_a_hub_served_from_another_endpoint_is_not_fetched_again(hub):
+    """A Hub mirror's endpoint (a proxy, a stand-in on a new port) is where the Hub answers, not what is fetched."""
+    assert ingest(hub, "allava_vflan", "r1")["files_fetched"] == 1
+
+    def elsewhere(raw):
+        for f in raw["sources"]["allava_vflan"]["files"]:
+            for m in f["mirrors"]:
+                m["endpoint"] = m["endpoint"].replace("127.0.0.1", "localhost")
+
+    (decision,) = plan_of(relocated(hub, "elsewhere.yaml", elsewhere), "allava_vflan", "r2")
+    assert decision["fetch"] is False and decision["reason"].startswith("unchanged (ETag")
+    assert "localhost" in decision["reason"]  # asked at the new endpoint, which said the same commit's bytes
+
+
 def test_429_waits_as_the_ratelimit_header_says_then_succeeds(hub, caplog):
     caplog.set_level(logging.INFO)
     (m,) = load_catalog(hub.catalog).sources["llava_pretrain"].files[1].mirrors
