@@ -1,6 +1,6 @@
 """Archive ingest (extract + hash + full-decode validation + store) vs `unzip -q` + a single-process Pillow loop.
 
-    .venv/bin/python bench/archive_ingest.py [--images 20000] [--kb 160]
+    .venv/bin/python -m bench.archive_ingest [--images 20000] [--kb 160]
 
 Generates the sample mirror's COCO replica (a COCO-style zip with `--images` JPEGs and its deliberately broken
 members), gives every valid JPEG member the size of a real COCO photo (`--kb`, about 160 KB at 640x480: noisy
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import multiprocessing
@@ -38,9 +37,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
+from bench.common import fetch_replica
+from mgdata.ingest import Run, extract_shard, finalize_source, plan_shards
+from mgdata.mirror.build import _sha256, build_mirror
 from mgdata.settings import Settings
 
 
@@ -89,14 +88,6 @@ def resize_members(zip_path: Path, pool: list[bytes], keep: set[str]) -> None:
     os.replace(tmp, zip_path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extract_in_process(storage: str, catalog: str, shard: str) -> int:
     """One mapped extract task's work, in a process of its own, as an executor slot runs it."""
     os.environ["MGDATA_EXTRACT_THREADS"] = str(THREADS_PER_TASK)
@@ -138,15 +129,10 @@ def run(images: int = 20000, kb: int = 160) -> list[dict]:
             keep = {*replicas[0].broken_members, *replicas[0].normalized_members}
             resize_members(zip_path, photo_pool(kb), keep)
             replicas = [
-                dataclasses.replace(replicas[0], size=zip_path.stat().st_size, sha256=sha256_file(zip_path))
+                dataclasses.replace(replicas[0], size=zip_path.stat().st_size, sha256=_sha256(zip_path))
             ]
-        with MirrorServer(work / "mirror") as server:
-            catalog = write_catalog(work / "mirror", server.base_url, replicas, shard_bytes=SHARD_BYTES)
-            run_ = Run(Settings(storage=(work / "store").as_uri(), catalog=str(catalog)), "bench")
-            for f in plan_source(run_, "coco"):
-                fetch_file(run_, "coco", f["file"])
+        run_, zip_path = fetch_replica(work, replicas, "coco", shard_bytes=SHARD_BYTES)
         (work / "mirror" / replicas[0].relpath).unlink()  # the store holds its own copy now
-        zip_path = next((work / "store" / "raw" / "coco").glob("*.zip"))
         with zipfile.ZipFile(zip_path) as z:
             sizes = [i.file_size for i in z.infolist() if i.filename.lower().endswith(".jpg")]
         setup = (

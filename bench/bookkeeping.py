@@ -1,6 +1,6 @@
 """Bookkeeping at scale: merge, diff and the ready-to-train check on a synthetic 1.3M-row corpus.
 
-    .venv/bin/python bench/bookkeeping.py [--rows 1300000]
+    .venv/bin/python -m bench.bookkeeping [--rows 1300000]
 
 Writes, into a temporary local store, the previous merged manifest (`--rows` rows) and this run's shard parts (100
 parts; 1 % of the paths changed, 0.5 % added, 0.5 % removed), and a training JSON with one sample per row (one in ten

@@ -1,6 +1,6 @@
 """Large-file fetch against a loopback server that caps each connection's rate: ours vs `aria2c -x8 -s8` vs `curl`.
 
-    .venv/bin/python bench/large_fetch.py [--size-mib 256] [--rate-mib 8] [--connections 8]
+    .venv/bin/python -m bench.large_fetch [--size-mib 256] [--rate-mib 8] [--connections 8]
 
 Writes one random file, serves it with `python -m mgdata.mirror.server --rate-limit` in its own process (so the server
 does not share our GIL), then in the same run downloads it three times: `fetch_to_store` into a LocalStore (parallel
@@ -15,22 +15,15 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from bench.common import free_port, start_server
 from mgdata.fetch.http import fetch_to_store
 from mgdata.storage import LocalStore, MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_file(path: Path, size: int) -> str:
@@ -58,18 +51,8 @@ def serve(root: Path, rate: int) -> tuple[subprocess.Popen, str]:
         "--rate-limit",
         str(rate),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(
-                urllib.request.Request(base + "/big.bin", method="HEAD"), timeout=1
-            ).close()
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the loopback server did not start")
+    return start_server(cmd, base + "/big.bin", "the loopback server", method="HEAD"), base
 
 
 def timed(cmd: list[str]) -> float:

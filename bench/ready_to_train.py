@@ -1,6 +1,6 @@
 """Throughput and memory of the ready-to-train check on a generated training JSON in MG-LLaVA's format.
 
-    .venv/bin/python bench/ready_to_train.py [--samples 300000] [--data DIR]
+    .venv/bin/python -m bench.ready_to_train [--samples 300000] [--data DIR]
 
 Writes a LLaVA-style JSON (one in ten samples text-only, ~600 bytes of conversation each) and a bbox JSON covering
 half the ids, then times the check twice: once to measure speed, once under tracemalloc for peak Python memory.

@@ -1,6 +1,6 @@
 """Unchanged refresh of the whole sample mirror: the second run fetches nothing and takes a fraction of the first.
 
-    .venv/bin/python bench/refresh.py [--images 200]
+    .venv/bin/python -m bench.refresh [--images 200]
 
 Builds every replica of the sample mirror (the plain-HTTP archives, the Hugging Face sources behind the Hub stand-in,
 the Google Drive sources behind the Drive stand-in, OCR-VQA's URL list and its cover host; `--images` each), serves
@@ -28,17 +28,11 @@ from unittest import mock
 from mgdata.ingest import (
     Run,
     SourceSkipped,
-    extract_shard,
-    fetch_file,
-    finalize_source,
-    plan_shards,
-    plan_source,
+    ingest_source,
 )
 from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.hub import HubStandIn
 from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import COVERS
-from mgdata.mirror.web_replicas import routes as web_routes
+from mgdata.mirror.web_replicas import COVERS, stand_in_routes
 from mgdata.settings import Settings
 
 
@@ -47,15 +41,9 @@ def one_run(run: Run) -> tuple[int, list[str]]:
     fetched, skipped = 0, []
     for source in run.catalog.selected(None):
         try:
-            files = plan_source(run, source)
+            fetched += ingest_source(run, source)["bytes_fetched"]
         except SourceSkipped:
             skipped.append(source)
-            continue
-        for f in files:
-            fetched += fetch_file(run, source, f["file"])["bytes"]
-        for shard in plan_shards(run, source):
-            extract_shard(run, source, shard)
-        finalize_source(run, source)
     return fetched, skipped
 
 
@@ -63,8 +51,7 @@ def run(images: int = 200) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="mgdata-bench-refresh-"))
     try:
         replicas = build_mirror(work / "mirror", images_per_source=images)
-        routes = HubStandIn(work / "mirror").routes() + web_routes(work / "mirror")
-        with MirrorServer(work / "mirror", routes=routes) as server:
+        with MirrorServer(work / "mirror", routes=stand_in_routes(work / "mirror")) as server:
             catalog = write_catalog(work / "mirror", server.base_url, replicas)
             settings = Settings(storage=(work / "store").as_uri(), catalog=str(catalog))
             stand_ins = {

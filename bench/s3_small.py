@@ -1,6 +1,6 @@
 """Many small objects into S3 (moto's server on loopback): our S3 store vs `s5cmd cp` of the same extracted files.
 
-    .venv/bin/python bench/s3_small.py [--images 2000] [--threads 32]
+    .venv/bin/python -m bench.s3_small [--images 2000] [--threads 32]
 
 Starts `moto_server` in its own process (the same server ThreadedMotoServer runs, outside our GIL), generates the
 sample mirror's COCO replica and fetches it into a local store (not timed). Then, in the same run, against the same
@@ -19,20 +19,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mgdata.ingest import Run, extract_shard, fetch_file, plan_shards, plan_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
-from mgdata.settings import Settings
+from bench.common import fetch_replica, free_port, start_server
+from mgdata.ingest import Run, extract_shard, plan_shards
+from mgdata.mirror.build import build_mirror
 from mgdata.storage import S3Store, s3_client
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
@@ -47,25 +44,14 @@ def s5cmd() -> str:
 
 def moto(port: int) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
+    cmd = [str(exe), "-H", "127.0.0.1", "-p", str(port)]
+    return start_server(cmd, f"http://127.0.0.1:{port}/moto-api/", "moto_server")
 
 
 def run(images: int = 2000, threads: int = 32) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="mgdata-bench-s3-"))
     exe = s5cmd()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = moto(port)
     try:
@@ -75,13 +61,7 @@ def run(images: int = 2000, threads: int = 32) -> list[dict]:
         )  # fmt: skip
         client.create_bucket(Bucket="bench")
         replicas = build_mirror(work / "mirror", images_per_source=images, sources=["coco"])
-        with MirrorServer(work / "mirror") as http:
-            catalog = write_catalog(work / "mirror", http.base_url, replicas)
-            settings = Settings(storage=(work / "store").as_uri(), catalog=str(catalog))
-            local = Run(settings, "bench")
-            for f in plan_source(local, "coco"):
-                fetch_file(local, "coco", f["file"])
-        zip_path = next((work / "store" / "raw" / "coco").glob("*.zip"))
+        local, zip_path = fetch_replica(work, replicas, "coco")
         with zipfile.ZipFile(zip_path) as z:
             names = [i.filename for i in z.infolist() if i.filename.endswith(".jpg")]
             z.extractall(work / "files", members=names)
@@ -95,7 +75,9 @@ def run(images: int = 2000, threads: int = 32) -> list[dict]:
             list(pool.map(lambda kb: store.put_bytes(f"data/{kb[0]}", kb[1]), blobs))
         put = time.perf_counter() - t
 
-        s3run = Run(settings, "bench", _store=S3Store("bench", "ours-ingest", client, max_concurrency=8))
+        s3run = Run(
+            local.settings, "bench", _store=S3Store("bench", "ours-ingest", client, max_concurrency=8)
+        )
         for obj in local.store.list(
             ""
         ):  # the plan, the fetch state and the raw zip, as the fetch task left them

@@ -1,6 +1,6 @@
 """Fetch and extract+validate throughput of the pipeline on the offline sample mirror (no Airflow in the loop).
 
-    .venv/bin/python bench/sample_throughput.py [--images 200] [--store file:///tmp/x | s3://...]
+    .venv/bin/python -m bench.sample_throughput [--images 200] [--store file:///tmp/x | s3://...]
 
 Builds the sample mirror, serves it on loopback, and runs each stage the DAG runs (plan, fetch, shard, extract,
 finalize) for every HTTP source, timing fetch (MB/s) and extract+validate (images/s) separately.

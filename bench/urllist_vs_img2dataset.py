@@ -1,6 +1,6 @@
 """The URL-list fetcher (OCR-VQA's path) against img2dataset, on the same 20K-URL list served on loopback.
 
-    .venv/bin/python bench/urllist_vs_img2dataset.py [--urls 20000] [--img2dataset PATH] [--workers 32]
+    .venv/bin/python -m bench.urllist_vs_img2dataset [--urls 20000] [--img2dataset PATH] [--workers 32]
 
 A loopback image host serves 20,000 cover URLs (a pool of 400 distinct covers of ~25-60 KB behind distinct URLs,
 like OCR-VQA's Amazon host: 92% JPEG, 3% GIF, 3% PNG, 2% dead with 404). Both tools fetch the same list in the same

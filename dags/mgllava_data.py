@@ -15,7 +15,7 @@ writes the ready-to-train verdict (per path prefix) into the report; `check_sour
 failed, so the run's colour tells the truth while the report still covers everything that succeeded.
 
 Settings come from `MGDATA_STORAGE`, `MGDATA_S3_CONN_ID`, `MGDATA_CATALOG`, `MGDATA_LAYOUT_DIR`; the params below
-override them per run. Sources whose adapter is not built yet show as skipped with the reason. Hugging Face sources
+override them per run. Hugging Face sources
 take their token from the Airflow connection named by `MGDATA_HF_CONN_ID` (its password; else `HF_TOKEN`) and honour
 `HF_ENDPOINT`.
 """

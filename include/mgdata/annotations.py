@@ -215,12 +215,10 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     usable: set[str] = set()
     quarantined: set[str] = set()
     for source in sources:
-        if store.stat(manifest.source_key(source)) is None:
+        table = manifest.read_table(store, manifest.source_key(source), columns=["path", "status"])
+        if table is None:
             continue
-        with store.open_seekable(manifest.source_key(source)) as f:
-            table = manifest.pq.read_table(f, columns=["path", "status"])
-        is_usable = pc.is_in(table["status"], value_set=manifest.pa.array(list(manifest.USABLE)))
-        usable.update(table.filter(is_usable)["path"].to_pylist())
+        usable.update(manifest.usable(table)["path"].to_pylist())
         # `missing` rows (dead URLs) have no file at all: missing, not broken
         quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
     root = Path(layout_dir) if layout_dir else None

@@ -82,16 +82,12 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
                 members = read_zip_directory(fh)
         except ArchiveError as e:
             raise SourceFailed(f"source {source!r}, file {f.name}: {e}") from e
-        wanted = [
-            m
-            for m in members
-            if m.kind != "dir"
-            and (f.map_member(m.name) or unsafe_reason(m, max_member_bytes=d.max_member_bytes))
-        ]
+        mapped = [(m, f.map_member(m.name)) for m in members if m.kind != "dir"]
+        mapped = [(m, t) for m, t in mapped if t or unsafe_reason(m, max_member_bytes=d.max_member_bytes)]
+        wanted, targets = [m for m, _ in mapped], [t for _, t in mapped]
         # Members landing on one path (duplicate names): the last in the central directory wins, as with `unzip -o`
         # and Python's zipfile; the earlier ones are not extracted, so the object and its manifest row always agree
         # whatever the thread or shard order.
-        targets = [f.map_member(m.name) for m in wanted]
         last = {t: i for i, t in enumerate(targets) if t}
         kept = [m for i, (m, t) in enumerate(zip(wanted, targets, strict=True)) if not t or last[t] == i]
         if len(kept) < len(wanted):

@@ -26,10 +26,6 @@ from mgdata.storage import Store
 
 log = logging.getLogger("mgdata.ingest")
 
-# Source kinds that can be ingested; the others are declared in the catalog and skipped with this reason.
-READY_KINDS = {"http", "huggingface", "gdrive", "urllist", "manual"}
-PENDING_ADAPTER: dict[str, str] = {}
-
 
 class SourceSkipped(Exception):
     """The source is not ingested in this run; the message says why (shown in the UI and the report)."""
@@ -151,8 +147,6 @@ def plan_source(run: Run, source: str) -> list[dict]:
     server's ETag / Last-Modified / size moved. Nothing changed means nothing fetched.
     """
     src = run.source(source)
-    if src.kind not in READY_KINDS:
-        raise SourceSkipped(PENDING_ADAPTER.get(src.kind, f"no adapter for source kind {src.kind!r}"))
     store = run.store
     decisions = []
     if any(f.listed for f in src.files):
@@ -218,13 +212,8 @@ def _needs_fetch_provided(run: Run, source: str, f: RemoteFile, rec: dict) -> tu
 
     provided = find_provided(run.store, source, run.source(source), f)
     fetched = rec.get("fetch")
-    if run.force:
-        return True, f"forced ({provided.where})"
-    if not fetched:
-        return True, f"new ({provided.where})"
-    raw = run.store.stat(raw_key(source, f.name))
-    if raw is None or raw.size != fetched.get("size"):
-        return True, f"stored copy missing or incomplete ({provided.where})"
+    if why := _copy_needed(run, source, f, fetched):
+        return True, f"{why} ({provided.where})"
     if (fetched.get("mirror"), fetched.get("etag")) != (provided.where, provided.etag or fetched.get("etag")):
         return True, f"provided copy changed ({provided.where})"
     return False, f"unchanged ({provided.where})"
@@ -282,18 +271,25 @@ def _list_files(run: Run, source: str) -> dict[str, list[dict]]:
     return found
 
 
+def _copy_needed(run: Run, source: str, f: RemoteFile, fetched: dict | None) -> str | None:
+    """Why the file must be fetched whatever its upstream says (forced, never fetched, stored copy gone), or None."""
+    if run.force:
+        return "forced"
+    if not fetched:
+        return "new"
+    raw = run.store.stat(raw_key(source, f.name))
+    if raw is None or raw.size != fetched.get("size"):
+        return "stored copy missing or incomplete"
+    return None
+
+
 def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool, str]:
     fetched = rec.get("fetch")
-    if run.force:
-        return True, "forced"
-    if not fetched:
-        return True, "new"
+    if why := _copy_needed(run, source, f, fetched):
+        return True, why
     if fetched.get("fingerprint") not in (fetch_fingerprint(f), fetch_fingerprint(f, endpoints=True)):
         if not _pinned_and_held(f, fetched):
             return True, "catalog entry changed"
-    raw = run.store.stat(raw_key(source, f.name))
-    if raw is None or raw.size != fetched.get("size"):
-        return True, "stored copy missing or incomplete"
     if "sha256" in f.checksums or "md5" in f.checksums or "sha1" in f.checksums:
         return False, "unchanged (pinned checksum verified)"
     return _remote_moved(f, fetched)
@@ -395,6 +391,16 @@ def extract_shard(run: Run, source: str, shard_id: str) -> dict:
     return extract(run, source, shard_id)
 
 
+def ingest_source(run: Run, source: str) -> dict:
+    """One source's task group in this process, stage after stage (plan, fetch, shard, extract, finalize): what
+    tests, benchmarks and library users run without Airflow. Returns finalize's summary."""
+    for planned in plan_source(run, source):
+        fetch_file(run, source, planned["file"])
+    for shard_id in plan_shards(run, source):
+        extract_shard(run, source, shard_id)
+    return finalize_source(run, source)
+
+
 # ----------------------------------------------------------------------------------------------------------- finalize
 
 
@@ -403,10 +409,17 @@ def finalize_source(run: Run, source: str) -> dict:
     store, src = run.store, run.source(source)
     plan = _json(store, run.key(source, "plan.json")) or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
+    files = run.files(source)
     old = manifest.read_table(store, manifest.source_key(source))
     if extracted or old is None:
-        parts = [o.key for f in run.files(source) for o in store.list(manifest.parts_prefix(source, f.name))]
-        new = manifest.merge([manifest.read_table(store, k) for k in parts])
+        # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
+        by_file = {
+            f.name: manifest.merge(
+                [manifest.read_table(store, o.key) for o in store.list(manifest.parts_prefix(source, f.name))]
+            )
+            for f in files
+        }
+        new = manifest.merge(list(by_file.values()))
         manifest.write_table(store, manifest.source_key(source), new)
     else:
         new = old
@@ -414,15 +427,15 @@ def finalize_source(run: Run, source: str) -> dict:
     _remove_stale(store, source, old, change.removed_paths)
     previous = (_json(store, source_state_key(source)) or {}).get("run_id")
 
+    records = {f.name: _json(store, file_state_key(source, f.name)) for f in files}
     for name in extracted:
-        rec = _json(store, file_state_key(source, name)) or {}
-        parts = [o.key for o in store.list(manifest.parts_prefix(source, name))]
+        rec = records[name] = records[name] or {}
         rec["extract"] = {
             "sha256": (rec.get("fetch") or {}).get("sha256"),
             "fingerprint": extract_fingerprint(run.file(source, name)),
             "run_id": run.run_id,
             # what this file produced (OCR-VQA: how many images each path gave), kept when another path is used
-            "counts": manifest.counts(manifest.merge([manifest.read_table(store, k) for k in parts])),
+            "counts": manifest.counts(by_file[name]),
         }
         _put_json(store, file_state_key(source, name), rec)
 
@@ -448,7 +461,7 @@ def finalize_source(run: Run, source: str) -> dict:
         "diff_paths": change.examples,
         "diff_since": previous,  # the run of the last successful ingest, None on the first
         "plan": plan["files"],
-        "by_file": _by_file(store, source, run.files(source), plan["files"]),
+        "by_file": _by_file(files, records, plan["files"]),
         "started": plan.get("started"),
         "finished": now(),
         "error": None,
@@ -463,7 +476,7 @@ def finalize_source(run: Run, source: str) -> dict:
             "run_id": run.run_id,
             "updated": summary["finished"],
             "counts": counts,
-            "files": {f.name: _json(store, file_state_key(source, f.name)) for f in run.files(source)},
+            "files": records,
         },
     )
     return {
@@ -480,12 +493,12 @@ def finalize_source(run: Run, source: str) -> dict:
     } | change.as_dict()
 
 
-def _by_file(store: Store, source: str, files: list[RemoteFile], decisions: list[dict]) -> dict:
+def _by_file(files: list[RemoteFile], records: dict[str, dict | None], decisions: list[dict]) -> dict:
     """Per file: whether this run used it, and the rows its last extract produced (by status)."""
     unused = {d["file"] for d in decisions if d.get("chosen") is False}
     out = {}
     for f in files:
-        done = (_json(store, file_state_key(source, f.name)) or {}).get("extract") or {}
+        done = (records[f.name] or {}).get("extract") or {}
         out[f.name] = {
             "used": f.name not in unused,
             "run_id": done.get("run_id"),

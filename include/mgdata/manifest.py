@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgdata.storage import Store
@@ -51,11 +52,16 @@ def write_table(store: Store, key: str, table: pa.Table) -> None:
     store.put_bytes(key, buf.getvalue())
 
 
-def read_table(store: Store, key: str) -> pa.Table | None:
+def read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.Table | None:
     if store.stat(key) is None:
         return None
     with store.open_seekable(key) as f:
-        return pq.read_table(f, schema=SCHEMA)
+        return pq.read_table(f, schema=SCHEMA, columns=columns)
+
+
+def usable(table: pa.Table) -> pa.Table:
+    """The rows whose image can be trained on (status ok or normalized)."""
+    return table.filter(pc.is_in(table["status"], value_set=pa.array(list(USABLE))))
 
 
 def empty() -> pa.Table:

@@ -14,13 +14,21 @@ skipped, not failed, and the next run picks the archive up.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
 from mgdata.catalog import RemoteFile, Source
-from mgdata.fetch.http import FetchResult, _normalise_checksums, fetch_to_store, new_session, redact_url
+from mgdata.fetch.http import (
+    FetchResult,
+    _Digester,
+    _GiveUp,
+    _normalise_checksums,
+    fetch_to_store,
+    new_session,
+    redact_url,
+    verify_body,
+)
 from mgdata.storage import MiB, Store
 
 log = logging.getLogger("mgdata.manual")
@@ -109,22 +117,23 @@ def _copy(
 
     started = time.monotonic()
     expected = _normalise_checksums(checksums)
-    hashes = {a: hashlib.new(a) for a in {"sha256", *expected}}
+    digester = _Digester(sorted({"sha256", *expected}))
     written = 0
-    with store.open_range(provided.key) as src, store.writer(key) as out:
-        while chunk := src.read(4 * MiB):
-            out.write(chunk)
-            for h in hashes.values():
-                h.update(chunk)
-            written += len(chunk)
-        digests = {a: h.hexdigest() for a, h in hashes.items()}
-        wrong = [
-            f"{a} mismatch: expected {v}, got {digests[a]}" for a, v in expected.items() if digests[a] != v
-        ]
-        if size is not None and written != size:
-            wrong.insert(0, f"size mismatch: expected {size} bytes, got {written}")
-        if wrong:  # raising inside the writer's block aborts it: nothing is published under `key`
-            raise FetchError(f"{label}: {provided.where}: {'; '.join(wrong)}")
+    try:
+        with store.open_range(provided.key) as src, store.writer(key) as out:
+            while chunk := src.read(4 * MiB):
+                out.write(chunk)
+                digester.update(chunk)
+                written += len(chunk)
+            digests = digester.hexdigests()
+            try:
+                verify_body(written, digests, size=size, expected=expected)
+            except (
+                _GiveUp
+            ) as e:  # raising inside the writer's block aborts it: nothing is published under `key`
+                raise FetchError(f"{label}: {provided.where}: {e.reason}") from None
+    finally:
+        digester.close()  # its threads end even when the read or the write failed
     log.info("%s: copied %d bytes from %s", label, written, provided.where)
     return FetchResult(
         url=provided.where, key=key, size=written, sha256=digests["sha256"], etag=provided.etag,

@@ -44,7 +44,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         table = manifest.read_table(store, manifest.source_key(name))
         if table is None:
             continue
-        usable = table.filter(pc.is_in(table["status"], value_set=manifest.pa.array(list(manifest.USABLE))))
+        usable = manifest.usable(table)
         files += list(zip(usable["path"].to_pylist(), usable["bytes"].to_pylist(), strict=True))
         bad = (
             table.filter(pc.equal(table["status"], "invalid")).select(["path", "error", "origin"]).to_pylist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import io
 import itertools
 import os
@@ -31,7 +32,13 @@ from urllib.parse import urlparse
 
 MiB = 1024 * 1024
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up on the first flush (find_library runs a subprocess: not at import, which DAG
+    parsing pays)."""
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
 
 
 class StoreError(RuntimeError):
@@ -70,10 +77,11 @@ class ObjectWriter(ABC):
 
 def _syncfs(path: Path) -> None:
     """Flush the filesystem holding `path` (Linux syncfs(2)); elsewhere, every filesystem (sync(2))."""
-    if _libc is not None and hasattr(_libc, "syncfs"):
+    libc = _libc()
+    if libc is not None and hasattr(libc, "syncfs"):
         fd = os.open(path, os.O_RDONLY)
         try:
-            if _libc.syncfs(fd) != 0:
+            if libc.syncfs(fd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
         finally:
@@ -259,11 +267,11 @@ class LocalStore(Store):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = self.root.as_uri()
+        self._host = socket.gethostname()
         self.clean_stale_parts()
         # Extract writes thousands of small objects a second from many threads: folders already made are
         # remembered and temp names come from a counter, saving a mkdir, a stat, a uname and a urandom read per object.
         self._dirs: set[Path] = set()
-        self._host = socket.gethostname()
         self._token = uuid.uuid4().hex[:16]
         self._serial = itertools.count()
 
@@ -283,7 +291,7 @@ class LocalStore(Store):
     def clean_stale_parts(self) -> list[str]:
         """Remove temp files of writers that can no longer commit them: written on this host by a process that is
         gone (a SIGKILLed task), or, from any host, untouched for `STALE_PART_SECONDS`. Returns the names removed."""
-        tmp, host, removed = self.root / self.TMP_DIR, socket.gethostname(), []
+        tmp, host, removed = self.root / self.TMP_DIR, self._host, []
         try:
             entries = list(os.scandir(tmp))
         except FileNotFoundError:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,9 +16,8 @@ from urllib.parse import quote
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the shared run fixtures
-from audit_runs import QUARANTINED, RUN_1, RUN_2, make_runs  # noqa: E402
+from audit_runs import QUARANTINED, RUN_1, RUN_2, api_server_app, make_runs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -46,30 +44,18 @@ def server(tmp_path_factory):
 
     store = (tmp_path_factory.mktemp("audit") / "store").as_uri()
     make_runs(store)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
-    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "audit-browser-secret")
-    mp.setenv("MGDATA_STORAGE", store)
-    subprocess.run(
-        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True
-    )
-    from airflow import plugins_manager
-    from airflow.api_fastapi.app import create_app
-
-    plugins_manager._get_plugins.cache_clear()
-    plugins_manager.get_fastapi_plugins.cache_clear()
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the api-server app did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(10)
-    mp.undo()
+    with api_server_app(store, "audit-browser-secret") as app:
+        port = _free_port()
+        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=uv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not uv.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the api-server app did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+        uv.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture(scope="module")

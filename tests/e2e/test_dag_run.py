@@ -20,9 +20,8 @@ import pytest
 from PIL import Image
 
 from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.hub import HubStandIn
 from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import routes as web_routes
+from mgdata.mirror.web_replicas import stand_in_routes
 from mgdata.storage import open_store, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +36,7 @@ def mirror(tmp_path_factory):
     replicas = build_mirror(root, images_per_source=30)
     # One server for the HTTP replicas and the Hub stand-in; the catalog points the Hub mirrors at it (`endpoint`).
     # The Drive and image-host stand-ins too (MGDATA_GDRIVE_URL points the gdrive adapter at them).
-    server = MirrorServer(root, routes=HubStandIn(root).routes() + web_routes(root)).start()
+    server = MirrorServer(root, routes=stand_in_routes(root)).start()
     catalog = write_catalog(root, server.base_url, replicas, shard_bytes=1024 * 1024)
     expected: dict[str, dict] = defaultdict(
         lambda: {"images": 0, "broken": 0, "normalized": 0, "missing": 0, "bytes": 0, "files": 0}

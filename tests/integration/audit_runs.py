@@ -8,8 +8,15 @@ Run 2: an unchanged refresh of coco (nothing fetched, nothing changed) and gqa i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from mgdata import manifest
 from mgdata.catalog import SHIPPED_CATALOG
@@ -17,6 +24,7 @@ from mgdata.ingest import Run, SourceFailed, _put_json, record_failure, record_s
 from mgdata.report import assemble_run, verify_run
 from mgdata.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[2]
 RUN_1 = "scheduled__2026-11-16T00:00:00+00:00"
 RUN_2 = "manual__2026-11-23T09:30:00+00:00"
 QUARANTINED = "coco/train2017/000000000666.jpg"
@@ -106,3 +114,26 @@ def make_runs(store_url: str) -> list[str]:
     assemble_run(second, ["coco", "gqa"])
     verify_run(second)
     return [RUN_1, RUN_2]
+
+
+@contextmanager
+def api_server_app(store_url: str, jwt_secret: str) -> Iterator[object]:
+    """`create_app()` (the app `airflow api-server` serves) with the repo's plugins/ and `store_url` as the store; the
+    environment is restored afterwards."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", jwt_secret)
+    mp.setenv("MGDATA_STORAGE", store_url)
+    try:
+        # Token checks consult the revoked-token table: the session's Airflow home needs its (SQLite) schema.
+        subprocess.run(
+            [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True
+        )
+        from airflow import plugins_manager
+        from airflow.api_fastapi.app import create_app
+
+        plugins_manager._get_plugins.cache_clear()
+        plugins_manager.get_fastapi_plugins.cache_clear()
+        yield create_app()
+    finally:
+        mp.undo()

@@ -6,16 +6,11 @@ plugins/ folder. Tokens are made by the configured auth manager (SimpleAuthManag
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from urllib.parse import quote
 
 import jwt
 import pytest
-from audit_runs import QUARANTINED, RUN_1, RUN_2, make_runs
-
-ROOT = Path(__file__).resolve().parents[2]
+from audit_runs import QUARANTINED, RUN_1, RUN_2, api_server_app, make_runs
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +22,13 @@ def store_url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def client(store_url):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
-    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "audit-test-secret")
-    mp.setenv("MGDATA_STORAGE", store_url)
-    # Token checks consult the revoked-token table: the session's Airflow home needs its (SQLite) schema.
-    subprocess.run(
-        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True
-    )
-    from airflow import plugins_manager
-    from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    plugins_manager._get_plugins.cache_clear()
-    plugins_manager.get_fastapi_plugins.cache_clear()
-    with TestClient(create_app(), base_url="http://localhost:8080") as c:
+    with (
+        api_server_app(store_url, "audit-test-secret") as app,
+        TestClient(app, base_url="http://localhost:8080") as c,
+    ):
         yield c
-    mp.undo()
 
 
 def token(role: str | None = "admin") -> str:

@@ -14,10 +14,7 @@ from mgdata.catalog import SHIPPED_CATALOG
 from mgdata.ingest import (
     Run,
     SourceSkipped,
-    extract_shard,
-    fetch_file,
-    finalize_source,
-    plan_shards,
+    ingest_source,
     plan_source,
 )
 from mgdata.mirror.server import MirrorServer
@@ -35,14 +32,6 @@ def replica(tmp_path_factory):
     return root, build_docvqa(root, images=6)
 
 
-def _ingest(run: Run) -> dict:
-    for f in plan_source(run, "docvqa"):
-        fetch_file(run, "docvqa", f["file"])
-    for shard in plan_shards(run, "docvqa"):
-        extract_shard(run, "docvqa", shard)
-    return finalize_source(run, "docvqa")
-
-
 def _assert_flattened(store: LocalStore, images: int) -> None:
     keys = sorted(o.key for o in store.list("data/"))
     assert len(keys) == images
@@ -56,7 +45,7 @@ def test_from_the_inbox(replica, tmp_path):
     store = LocalStore(tmp_path / "store")
     store.put_file("inbox/docvqa/train.tar.gz", root / r.relpath)
     run = Run(Settings(storage=store.url, catalog=CATALOG), "run1")
-    summary = _ingest(run)
+    summary = ingest_source(run, "docvqa")
     assert summary["status"] == "ok" and summary["files_fetched"] == 1 and summary["bytes_fetched"] == r.size
     _assert_flattened(store, r.images)
     fetched = json.loads(store.read_bytes("state/docvqa/files/train.tar.gz.json"))["fetch"]
@@ -83,7 +72,7 @@ def test_from_an_authenticated_url(replica, tmp_path, monkeypatch, caplog):
         store = LocalStore(tmp_path / "store")
         caplog.set_level(logging.DEBUG)
         run = Run(Settings(storage=store.url, catalog=CATALOG), "r1")
-        summary = _ingest(run)
+        summary = ingest_source(run, "docvqa")
         assert summary["status"] == "ok" and summary["bytes_fetched"] == r.size
         _assert_flattened(store, r.images)
         record = store.read_bytes("state/docvqa/files/train.tar.gz.json").decode()
@@ -95,7 +84,7 @@ def test_from_an_authenticated_url(replica, tmp_path, monkeypatch, caplog):
         from mgdata.fetch import FetchError
 
         with pytest.raises(FetchError, match="HTTP 401") as info:
-            _ingest(bad)
+            ingest_source(bad, "docvqa")
         assert PASSWORD not in str(info.value)
     everything = caplog.text + "".join(o.key for o in store.list("")) + record
     assert PASSWORD not in everything

@@ -22,7 +22,7 @@ from mgdata.catalog import load_catalog, parse_catalog
 from mgdata.fetch import FetchError
 from mgdata.fetch import huggingface as hf
 from mgdata.fetch.http import ChecksumMismatch
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.ingest import Run, fetch_file, ingest_source, plan_source
 from mgdata.mirror.build import build_mirror, write_catalog
 from mgdata.mirror.hub import HUB_SOURCES, HubStandIn
 from mgdata.mirror.server import Fault, MirrorServer
@@ -57,12 +57,7 @@ def hub(built, tmp_path, monkeypatch):
 
 
 def ingest(h, source: str, run_id: str, **kw) -> dict:
-    run = Run(h.settings, run_id, **kw)
-    for planned in plan_source(run, source):
-        fetch_file(run, source, planned["file"])
-    for shard_id in plan_shards(run, source):
-        extract_shard(run, source, shard_id)
-    return finalize_source(run, source)
+    return ingest_source(Run(h.settings, run_id, **kw), source)
 
 
 def data_paths(store: LocalStore, prefix: str) -> list[str]:

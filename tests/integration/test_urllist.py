@@ -16,7 +16,7 @@ from PIL import Image
 
 from mgdata import manifest
 from mgdata.fetch.urllist import FetchPolicy, ingest_urls, read_url_list, url_shards
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.ingest import Run, ingest_source
 from mgdata.mirror.build import build_mirror, write_catalog
 from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.mirror.web_replicas import COVERS, WEB_JSON, cover_outcome, routes
@@ -133,19 +133,11 @@ def test_url_shards_stay_in_the_hundreds():
         read_url_list(b'{"1": {"imageURL": "ftp://x"}}', label="dataset.json")
 
 
-def _ingest(run: Run, source: str = "ocr_vqa") -> dict:
-    for f in plan_source(run, source):
-        fetch_file(run, source, f["file"])
-    for shard in plan_shards(run, source):
-        extract_shard(run, source, shard)
-    return finalize_source(run, source)
-
-
 def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path(host, tmp_path):
     server, root, catalog, covers = host
     store_url = (tmp_path / "store").as_uri()
     settings = Settings(storage=store_url, catalog=str(catalog))
-    first = _ingest(Run(settings, "run1"))
+    first = ingest_source(Run(settings, "run1"), "ocr_vqa")
     usable = sum(cover_outcome(c["behaviour"]) in manifest.USABLE for c in covers.values())
     assert first["images_ok"] + first["images_normalized"] == usable
     store = LocalStore(tmp_path / "store")
@@ -158,7 +150,7 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
     (root / COVERS / revived).write_bytes((root / COVERS / plain).read_bytes())
     server.routes[-1][1]._by_file[revived] = None  # the image host serves it again
     before = len(server.requests)
-    second = _ingest(Run(settings, "run2"))
+    second = ingest_source(Run(settings, "run2"), "ocr_vqa")
     asked = [p for _, p, _ in server.requests[before:] if p.startswith(f"/{COVERS}/")]
     assert len(asked) == 4, asked
     assert second["files_fetched"] == 0
@@ -170,7 +162,7 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
 
     # The mirror zip instead: the report's by_file says what each path produced.
     mirror = Settings(storage=store_url, catalog=str(catalog), ocr_vqa_images="mirror")
-    third = _ingest(Run(mirror, "run3"))
+    third = ingest_source(Run(mirror, "run3"), "ocr_vqa")
     summary = json.loads(store.read_bytes("runs/run3/sources/ocr_vqa/summary.json"))
     by_file = summary["by_file"]
     assert (
@@ -183,9 +175,9 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
         _real_jpeg(store.read_bytes(o.key))
 
     # Back and forth: each path's rows come back from its unchanged file, nothing is fetched again.
-    back = _ingest(Run(settings, "run4"))
+    back = ingest_source(Run(settings, "run4"), "ocr_vqa")
     assert back["files_fetched"] == 0 and back["images_ok"] + back["images_normalized"] == usable + 1
-    again = _ingest(Run(mirror, "run5"))
+    again = ingest_source(Run(mirror, "run5"), "ocr_vqa")
     assert again["files_fetched"] == 0 and again["images_ok"] + again["images_normalized"] == usable
     plan = json.loads(store.read_bytes("runs/run5/sources/ocr_vqa/plan.json"))
     assert "rows were dropped" in plan["files"][1]["reason"]

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mgdata import manifest
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.ingest import Run, ingest_source
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 
@@ -123,19 +123,11 @@ def hostile_run(mirror, tmp_path):
     return Run(Settings(storage=store.url, catalog=str(out)), "hostile"), store, top
 
 
-def ingest(run: Run) -> dict:
-    for f in plan_source(run, SOURCE):
-        fetch_file(run, SOURCE, f["file"])
-    for shard in plan_shards(run, SOURCE):
-        extract_shard(run, SOURCE, shard)
-    return finalize_source(run, SOURCE)
-
-
 @pytest.mark.filterwarnings("ignore:Duplicate name", "ignore:Tag data larger than file")
 def test_hostile_archive_through_the_pipeline(hostile_run):
     run, store, top = hostile_run
     started = time.monotonic()
-    assert ingest(run)["status"] == "ok"
+    assert ingest_source(run, SOURCE)["status"] == "ok"
     assert time.monotonic() - started < 60  # bombs are refused, not inflated
 
     rows = {r["path"]: r for r in manifest.read_table(store, manifest.source_key(SOURCE)).to_pylist()}
@@ -175,9 +167,9 @@ def test_hostile_archive_through_the_pipeline(hostile_run):
 @pytest.mark.filterwarnings("ignore:Duplicate name", "ignore:Tag data larger than file")
 def test_duplicate_names_resolve_the_same_way_on_every_run(hostile_run):
     run, store, _ = hostile_run
-    ingest(run)
+    ingest_source(run, SOURCE)
     first = store.read_bytes("data/ai2d/images/dup.png")
     for i in range(3):  # re-extract: threads and shard order must not change the winner
         again = Run(run.settings, f"again{i}", force=True)
-        ingest(again)
+        ingest_source(again, SOURCE)
         assert store.read_bytes("data/ai2d/images/dup.png") == first == SECOND

@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from mgdata import manifest
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.ingest import (
+    Run,
+    extract_shard,
+    fetch_file,
+    finalize_source,
+    ingest_source,
+    plan_shards,
+    plan_source,
+)
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore, S3Store, s3_client
 
@@ -46,15 +54,6 @@ else:
 """
 
 
-def ingest(run: Run) -> dict:
-    """plan → fetch → shard → extract → finalize, in this process."""
-    for f in plan_source(run, SOURCE):
-        fetch_file(run, SOURCE, f["file"])
-    for shard in plan_shards(run, SOURCE):
-        extract_shard(run, SOURCE, shard)
-    return finalize_source(run, SOURCE)
-
-
 def snapshot(store) -> dict:
     """What a run produced that must not depend on faults: every data/ and raw/ object's bytes, and the manifest."""
     objects = {
@@ -72,7 +71,7 @@ def snapshot(store) -> dict:
 def undisturbed(mirror, tmp_path_factory):
     _, catalog, _ = mirror
     store = LocalStore(tmp_path_factory.mktemp("undisturbed"))
-    summary = ingest(Run(Settings(storage=store.url, catalog=catalog), RUN_ID))
+    summary = ingest_source(Run(Settings(storage=store.url, catalog=catalog), RUN_ID), SOURCE)
     assert summary["status"] == "ok"
     return snapshot(store)
 
@@ -129,7 +128,7 @@ def test_local_store_sigkill_during_fetch_then_retry(mirror, undisturbed, tmp_pa
         retry.store.root == store.root
     )  # the retry opens the store in a new process: the dead writer's part goes
     assert list((store.root / LocalStore.TMP_DIR).glob("*")) == []
-    assert ingest(retry)["status"] == "ok"
+    assert ingest_source(retry, SOURCE)["status"] == "ok"
     assert snapshot(store) == undisturbed
 
 
@@ -194,7 +193,10 @@ def test_s3_sigkill_during_fetch_aborts_the_abandoned_upload(mirror, undisturbed
 
     store = S3Store(bucket, "store", client, part_size=5 * 1024 * 1024)
     assert store.stat(f"raw/{SOURCE}/{replica.name}") is None
-    assert ingest(Run(Settings(storage=storage, catalog=catalog), RUN_ID, _store=store))["status"] == "ok"
+    assert (
+        ingest_source(Run(Settings(storage=storage, catalog=catalog), RUN_ID, _store=store), SOURCE)["status"]
+        == "ok"
+    )
     assert uploads() == []
     assert snapshot(store) == undisturbed
 

@@ -15,10 +15,7 @@ import yaml
 from mgdata.fetch.http import FetchError
 from mgdata.ingest import (
     Run,
-    extract_shard,
-    fetch_file,
-    finalize_source,
-    plan_shards,
+    ingest_source,
     plan_source,
     record_failure,
 )
@@ -49,11 +46,7 @@ def run_source(run: Run) -> list[str]:
     """The DAG's path for one source, a failure recorded the way its tasks record one; returns the error messages."""
     errors = []
     try:
-        for f in plan_source(run, SOURCE):
-            fetch_file(run, SOURCE, f["file"])
-        for shard in plan_shards(run, SOURCE):
-            extract_shard(run, SOURCE, shard)
-        finalize_source(run, SOURCE)
+        ingest_source(run, SOURCE)
     except (FetchError, StoreError) as e:
         errors.append(str(e))
         record_failure(run, SOURCE, "fetch", e)

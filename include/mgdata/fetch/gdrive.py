@@ -88,10 +88,6 @@ def _session() -> requests.Session:
     return session
 
 
-def _where(mirror: Mirror) -> str:
-    return mirror.describe()
-
-
 def quota_message(where: str, detail: str) -> str:
     return (
         f"Google Drive quota exceeded for {where}: {detail.strip()} "
@@ -150,7 +146,7 @@ def _refused(where: str, status: int, page: str) -> FetchError:
 
 def resolve(mirror: Mirror, session: requests.Session) -> str:
     """The URL that serves the file's bytes: through the redirect and, for large files, the confirmation page."""
-    where = _where(mirror)
+    where = mirror.describe()
     file_id = folder_file_id(mirror, session) if mirror.path else mirror.id
     url = f"{base_url()}/uc?" + urlencode({"id": file_id, "export": "download"})
     for _ in range(MAX_HOPS):
@@ -174,7 +170,7 @@ def folder_file_id(mirror: Mirror, session: requests.Session) -> str:
     """The id of the file named `mirror.path` in the folder `mirror.id` (Drive's embedded folder view)."""
     import bs4
 
-    where = _where(mirror)
+    where = mirror.describe()
     resp = _get(session, f"{base_url()}/embeddedfolderview?" + urlencode({"id": mirror.id}), where)
     status, page = resp.status_code, _page(resp)
     if status != 200:
@@ -205,7 +201,7 @@ def fetch(
             )
         except FetchError as e:
             # Name the Drive file, not the one-time download URL.
-            raise _error(type(e), label, [(_where(mirror), reason) for _, reason in e.failures]) from None
+            raise _error(type(e), label, [(mirror.describe(), reason) for _, reason in e.failures]) from None
 
 
 def probe(mirror: Mirror) -> RemoteInfo:

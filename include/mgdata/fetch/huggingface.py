@@ -33,7 +33,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import parse_ratelimit_headers
 
 from mgdata.catalog import Mirror
 from mgdata.fetch.http import (
@@ -42,6 +41,7 @@ from mgdata.fetch.http import (
     FetchResult,
     RemoteInfo,
     _error,
+    _retry_after,
     _scrub,
     fetch_to_store,
 )
@@ -96,12 +96,8 @@ def _call(what: str, fn: Callable[[], T], *, sleep: Callable[[float], None] = ti
             status = resp.status_code if resp is not None else None
             if status != 429 and (status is None or status < 500) or attempt == API_ATTEMPTS:
                 raise
-            wait = float(min(MAX_WAIT, 2 ** (attempt - 1)))
-            limit = parse_ratelimit_headers(resp.headers)
-            if status == 429 and limit is not None and limit.remaining == 0:
-                wait = min(MAX_WAIT, float(limit.reset_in_seconds))
-            elif resp.headers.get("Retry-After", "").isdigit():
-                wait = min(MAX_WAIT, float(resp.headers["Retry-After"]))
+            asked = _retry_after(resp)  # the same reading of Retry-After / RateLimit as every other fetch
+            wait = float(min(MAX_WAIT, asked if asked is not None else 2 ** (attempt - 1)))
             log.warning("%s: HTTP %s from the Hub; retrying in %.3g s", what, status, wait)
             sleep(wait)
     raise AssertionError("unreachable")
@@ -124,9 +120,18 @@ def _failure(mirror: Mirror, e: Exception) -> FetchError:
     return _error(FetchError, None, [(mirror.describe() + f" at {endpoint(mirror)}", _reason(e))])
 
 
-def resolve(mirror: Mirror, *, path: str | None = None, token: str | None = None) -> HubFile:
+def _hub_file(mirror: Mirror, base: str, commit: str, entry) -> HubFile:
+    """A file entry of the Hub's tree or paths-info answer at `commit`, with the URL of its bytes."""
+    return HubFile(
+        repo=mirror.repo, repo_type=mirror.repo_type, path=entry.path, commit=commit, size=entry.size,
+        sha256=entry.lfs.sha256 if entry.lfs else None, blob_id=entry.blob_id,
+        url=hf_hub_url(mirror.repo, entry.path, repo_type=mirror.repo_type, revision=commit, endpoint=base),
+    )  # fmt: skip
+
+
+def resolve(mirror: Mirror, *, token: str | None = None) -> HubFile:
     """The file's commit, size and sha256 at the mirror's revision (two small requests, no download)."""
-    path = path or mirror.path
+    path = mirror.path
     base = endpoint(mirror)
     revision = mirror.revision or "main"
     what = f"{mirror.repo}@{revision}/{path}"
@@ -151,11 +156,7 @@ def resolve(mirror: Mirror, *, path: str | None = None, token: str | None = None
     info = next((i for i in infos if i.path == path and hasattr(i, "blob_id")), None)
     if info is None:
         raise _error(FetchError, None, [(mirror.describe(), f"file not found at commit {commit}")])
-    url = hf_hub_url(mirror.repo, path, repo_type=mirror.repo_type, revision=commit, endpoint=base)
-    return HubFile(
-        repo=mirror.repo, repo_type=mirror.repo_type, path=path, commit=commit, size=info.size,
-        sha256=info.lfs.sha256 if info.lfs else None, blob_id=info.blob_id, url=url,
-    )  # fmt: skip
+    return _hub_file(mirror, base, commit, info)
 
 
 def list_files(mirror: Mirror, *, token: str | None = None) -> tuple[str, list[HubFile]]:
@@ -191,16 +192,7 @@ def list_files(mirror: Mirror, *, token: str | None = None) -> tuple[str, list[H
     except (HfHubHTTPError, OSError) as e:
         raise _failure(mirror, e) from None
     files = [
-        HubFile(
-            repo=mirror.repo,
-            repo_type=mirror.repo_type,
-            path=e.path,
-            commit=commit,
-            size=e.size,
-            sha256=e.lfs.sha256 if e.lfs else None,
-            blob_id=e.blob_id,
-            url=hf_hub_url(mirror.repo, e.path, repo_type=mirror.repo_type, revision=commit, endpoint=base),
-        )  # fmt: skip
+        _hub_file(mirror, base, commit, e)
         for e in entries
         if hasattr(e, "blob_id") and fnmatch.fnmatchcase(e.path, glob)
     ]

@@ -193,6 +193,7 @@ class ParallelFetch:
         job.progress.reset()
         session = new_session(pool=self.connections)
         session.headers.update(job.session.headers)
+        session.cookies.update(job.session.cookies)  # a Drive download's confirmation cookies
         writer = job.store.new_writer(job.key)
         digester = _Digester(job.algorithms)
         workers = [

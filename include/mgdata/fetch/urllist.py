@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from mgdata import manifest
 from mgdata.fetch.http import CONNECT_TIMEOUT, _describe, _retry_after, new_session
 from mgdata.images import check_image
 from mgdata.storage import Store
@@ -209,7 +210,7 @@ def _land(
     if got.data is None:
         return row | {"bytes": None, "sha256": None, "status": "missing", "error": got.error}
     check = check_image(got.data, path)
-    if check.status in ("ok", "normalized"):
+    if check.status in manifest.USABLE:
         store.put_bytes(f"data/{path}", check.data, durable=False)  # extract syncs before the manifest part
         if clear_quarantine:
             store.delete(f"quarantine/{source}/{path}")

@@ -28,8 +28,7 @@ from mgdata.mirror.build import (
     write_catalog,
     write_text_atomic,
 )
-from mgdata.mirror.hub import load_hub
-from mgdata.mirror.web_replicas import routes as web_routes
+from mgdata.mirror.web_replicas import stand_in_routes
 
 
 def _sources(value: str) -> list[str]:
@@ -98,10 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal)
 
-    hub = load_hub(root)  # the Hugging Face stand-in, when the mirror has Hub replicas
-    # the Drive and image-host stand-ins, when the mirror has their replicas
-    routes = (hub.routes() if hub else []) + web_routes(root)
-    server = MirrorServer(root, host=args.host, port=args.port, routes=routes)
+    server = MirrorServer(root, host=args.host, port=args.port, routes=stand_in_routes(root))
     server.start()
     written: list[Path] = []
     try:

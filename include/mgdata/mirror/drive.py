@@ -147,12 +147,4 @@ class DriveStandIn:
 
 
 def _html(handler, status: int, body: str, method: str, headers: dict[str, str] | None = None) -> None:
-    data = body.encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "text/html; charset=utf-8")
-    handler.send_header("Content-Length", str(len(data)))
-    for k, v in (headers or {}).items():
-        handler.send_header(k, v)
-    handler.end_headers()
-    if method != "HEAD":
-        handler.wfile.write(data)
+    handler._send_body(status, body.encode(), "text/html; charset=utf-8", headers, method == "HEAD")

@@ -108,11 +108,9 @@ class HubStandIn:
         if isinstance(content, bytes):
             data_sha, size = hashlib.sha256(content).hexdigest(), len(content)
         else:
-            h = hashlib.sha256()
-            with open(content, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            data_sha, size = h.hexdigest(), content.stat().st_size
+            from mgdata.mirror.build import _sha256  # build imports this module
+
+            data_sha, size = _sha256(content), content.stat().st_size
         blob = self.root / BLOBS / data_sha
         blob.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
@@ -130,10 +128,10 @@ class HubStandIn:
         }
 
     def save(self) -> Path:
+        from mgdata.mirror.build import write_text_atomic  # build imports this module
+
         path = self.root / HUB_JSON
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.repos, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.repos, indent=1, sort_keys=True) + "\n")
         return path
 
     def resolve_revision(self, key: str, revision: str) -> str | None:
