@@ -39,7 +39,8 @@ from PIL import Image
 
 from bench.common import fetch_replica
 from mgdata.ingest import Run, extract_shard, finalize_source, plan_shards
-from mgdata.mirror.build import _sha256, build_mirror
+from mgdata.mirror.build import build_mirror
+from mgdata.mirror.media import sha256_file
 from mgdata.settings import Settings
 
 
@@ -129,7 +130,7 @@ def run(images: int = 20000, kb: int = 160) -> list[dict]:
             keep = {*replicas[0].broken_members, *replicas[0].normalized_members}
             resize_members(zip_path, photo_pool(kb), keep)
             replicas = [
-                dataclasses.replace(replicas[0], size=zip_path.stat().st_size, sha256=_sha256(zip_path))
+                dataclasses.replace(replicas[0], size=zip_path.stat().st_size, sha256=sha256_file(zip_path))
             ]
         run_, zip_path = fetch_replica(work, replicas, "coco", shard_bytes=SHARD_BYTES)
         (work / "mirror" / replicas[0].relpath).unlink()  # the store holds its own copy now

@@ -27,12 +27,12 @@ from unittest import mock
 
 from mgdata.ingest import (
     Run,
-    SourceSkipped,
     ingest_source,
 )
 from mgdata.mirror.build import build_mirror, write_catalog
 from mgdata.mirror.server import MirrorServer
 from mgdata.mirror.web_replicas import COVERS, stand_in_routes
+from mgdata.run import SourceSkipped
 from mgdata.settings import Settings
 
 

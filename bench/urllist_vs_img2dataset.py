@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from mgdata.fetch.urllist import FetchPolicy, ingest_urls
-from mgdata.mirror.build import _gif, _PhotoPool
+from mgdata.mirror.media import PhotoPool, to_gif
 from mgdata.mirror.server import MirrorServer
 from mgdata.storage import LocalStore
 
@@ -42,13 +42,13 @@ POOL = 400
 def make_covers(root: Path, seed: int = 0) -> list[str]:
     """POOL distinct covers under root/covers/; returns their file names (index i -> names[i % POOL])."""
     rng = random.Random(f"bench.urllist:{seed}")
-    pool = _PhotoPool(rng, POOL)
+    pool = PhotoPool(rng, POOL)
     (root / "covers").mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(POOL):
         cover = pool.image().resize((rng.randint(300, 500), rng.randint(450, 700)))
         if i % 33 == 7:
-            name, data = f"{i}.gif", _gif(cover)
+            name, data = f"{i}.gif", to_gif(cover)
         elif i % 33 == 19:
             buf = io.BytesIO()
             cover.save(buf, "PNG", compress_level=1)

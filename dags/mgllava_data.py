@@ -67,7 +67,8 @@ def _in_source(source: str, step: str, fn, *args):
     """Run one stage; a skip or failure is recorded in the store so the report can say what happened."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mgdata.ingest import SourceSkipped, record_failure, record_skipped
+    from mgdata.ingest import record_failure, record_skipped
+    from mgdata.run import SourceSkipped
 
     run = _run()
     try:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mgdata.redact import redact_url
+
 SourceKind = Literal["http", "huggingface", "gdrive", "urllist", "manual"]
 # urllist: a JSON of id -> {imageURL, ...} (OCR-VQA's dataset.json); each image is fetched to <target>/<id>.jpg
 ArchiveKind = Literal["zip", "tar", "tar.gz", "none", "urllist"]
@@ -67,8 +69,6 @@ class Mirror(_Model):
     def describe(self) -> str:
         """Where the mirror is, for records and messages: an HTTP URL without its userinfo and query (tokens)."""
         if self.kind == "http":
-            from mgdata.fetch.http import redact_url
-
             return redact_url(self.url or "")
         if self.kind == "huggingface":
             where = self.path or self.path_glob

@@ -33,7 +33,7 @@ from mgdata.archive import (
 )
 from mgdata.catalog import RemoteFile
 from mgdata.images import check_image
-from mgdata.ingest import Run, SourceFailed, raw_key
+from mgdata.run import Run, SourceFailed, raw_key
 from mgdata.settings import env_int
 
 log = logging.getLogger("mgdata.extract")

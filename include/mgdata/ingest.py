@@ -15,38 +15,23 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import cached_property
 
 from mgdata import manifest
-from mgdata.catalog import Catalog, RemoteFile, Source
-from mgdata.settings import Settings
+from mgdata.catalog import RemoteFile
+from mgdata.run import (
+    Run,
+    SourceFailed,
+    file_state_key,
+    no_ingest_summary,
+    now,
+    put_json,
+    raw_key,
+    read_json,
+    source_state_key,
+)
 from mgdata.storage import Store
 
 log = logging.getLogger("mgdata.ingest")
-
-
-class SourceSkipped(Exception):
-    """The source is not ingested in this run; the message says why (shown in the UI and the report)."""
-
-
-class SourceFailed(RuntimeError):
-    """A source-level failure whose message already names the source and the file."""
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _json(store: Store, key: str) -> dict | None:
-    if store.stat(key) is None:
-        return None
-    return json.loads(store.read_bytes(key))
-
-
-def _put_json(store: Store, key: str, value) -> None:
-    store.put_bytes(key, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
 
 def _fingerprint(value) -> str:
@@ -77,65 +62,6 @@ def extract_fingerprint(f: RemoteFile) -> str:
     return _fingerprint([f.archive, f.target, f.member_prefix, f.strip_components, f.flatten, f.include])
 
 
-def raw_key(source: str, file: str) -> str:
-    return f"raw/{source}/{file}"
-
-
-def file_state_key(source: str, file: str) -> str:
-    return f"state/{source}/files/{file}.json"
-
-
-def source_state_key(source: str) -> str:
-    return f"state/{source}.json"
-
-
-@dataclass
-class Run:
-    """What every stage of one DAG run shares: settings, run id, the force flag; catalog and store load lazily."""
-
-    settings: Settings
-    run_id: str
-    force: bool = False
-    _store: Store | None = field(default=None, repr=False)
-
-    @cached_property
-    def catalog(self) -> Catalog:
-        return self.settings.load_catalog()
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = self.settings.open_store()
-        return self._store
-
-    def source(self, name: str) -> Source:
-        return self.catalog.sources[name]
-
-    def files(self, source: str) -> list[RemoteFile]:
-        """The source's files in this run: the catalog's, each listed entry (`path_glob`) replaced by the files
-        this run's plan found for it."""
-        entries = self.source(source).files
-        if not any(f.listed for f in entries):
-            return list(entries)
-        found = _json(self.store, self.key(source, "listing.json")) or {}
-        out: list[RemoteFile] = []
-        for f in entries:
-            out += [RemoteFile.model_validate(d) for d in found.get(f.name, [])] if f.listed else [f]
-        return out
-
-    def file(self, source: str, name: str) -> RemoteFile:
-        for f in self.files(source):
-            if f.name == name:
-                return f
-        raise SourceFailed(f"source {source!r}: the catalog declares no file {name!r}")
-
-    def key(self, source: str, *parts: str) -> str:
-        return "/".join(["runs", self.run_id, "sources", source, *parts])
-
-    def work_key(self, source: str, *parts: str) -> str:
-        return "/".join(["work", self.run_id, source, *parts])
-
-
 # ----------------------------------------------------------------------------------------------------------- plan
 
 
@@ -150,9 +76,9 @@ def plan_source(run: Run, source: str) -> list[dict]:
     store = run.store
     decisions = []
     if any(f.listed for f in src.files):
-        _put_json(store, run.key(source, "listing.json"), _list_files(run, source))
+        put_json(store, run.key(source, "listing.json"), _list_files(run, source))
     for f in run.files(source):
-        rec = _json(store, file_state_key(source, f.name)) or {}
+        rec = read_json(store, file_state_key(source, f.name)) or {}
         if src.kind == "urllist" and not _chosen(run, f):
             decisions.append(_not_chosen(run, source, f))
             continue
@@ -169,7 +95,7 @@ def plan_source(run: Run, source: str) -> list[dict]:
         log.info(
             "%s/%s: %s%s", source, f.name, "fetch" if fetch else "keep", f" ({reason})" if reason else ""
         )
-    _put_json(store, run.key(source, "plan.json"), {"source": source, "started": now(), "files": decisions})
+    put_json(store, run.key(source, "plan.json"), {"source": source, "started": now(), "files": decisions})
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
 
 
@@ -251,11 +177,11 @@ def _list_files(run: Run, source: str) -> dict[str, list[dict]]:
             except ValueError as e:
                 raise SourceFailed(f"source {source!r}, file entry {f.name!r}: {e}") from None
             listing = {"commit": commit, "mirror": m.describe(), "files": files, "run_id": run.run_id}
-            _put_json(run.store, listing_state_key(source, f.name), listing)
+            put_json(run.store, listing_state_key(source, f.name), listing)
             log.info("%s/%s: %d files listed at commit %s", source, f.name, len(files), commit)
             break
         else:
-            listing = _json(run.store, listing_state_key(source, f.name))
+            listing = read_json(run.store, listing_state_key(source, f.name))
             if listing is None:
                 raise SourceFailed(
                     f"source {source!r}, file entry {f.name!r}: listing failed: {'; '.join(failures)}"
@@ -361,10 +287,10 @@ def fetch_file(run: Run, source: str, file: str) -> dict:
         "seconds": round(result.seconds, 3),
         "resumes": result.resumes,
     }
-    rec = _json(run.store, file_state_key(source, file)) or {}
+    rec = read_json(run.store, file_state_key(source, file)) or {}
     rec["fetch"] = record
-    _put_json(run.store, file_state_key(source, file), rec)
-    _put_json(run.store, run.key(source, "fetched", f"{file}.json"), record)
+    put_json(run.store, file_state_key(source, file), rec)
+    put_json(run.store, run.key(source, "fetched", f"{file}.json"), record)
     return {"file": file, "bytes": result.size, "seconds": round(result.seconds, 3)}
 
 
@@ -375,7 +301,7 @@ def plan_shards(run: Run, source: str) -> list[str]:
     """Cut every file this run extracts into shards; return shard ids `<file>/<n>` (one mapped extract each)."""
     from mgdata.extract import shard_file
 
-    plan = _json(run.store, run.key(source, "plan.json"))
+    plan = read_json(run.store, run.key(source, "plan.json"))
     if plan is None:
         raise SourceFailed(f"source {source!r}: no plan for run {run.run_id} (did the plan task run?)")
     ids: list[str] = []
@@ -407,7 +333,7 @@ def ingest_source(run: Run, source: str) -> dict:
 def finalize_source(run: Run, source: str) -> dict:
     """Merge the shard manifests, diff against the last ingest, record state and this run's source summary."""
     store, src = run.store, run.source(source)
-    plan = _json(store, run.key(source, "plan.json")) or {"files": []}
+    plan = read_json(store, run.key(source, "plan.json")) or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
     old = manifest.read_table(store, manifest.source_key(source))
@@ -425,9 +351,9 @@ def finalize_source(run: Run, source: str) -> dict:
         new = old
     change = manifest.diff(old, new)
     _remove_stale(store, source, old, change.removed_paths)
-    previous = (_json(store, source_state_key(source)) or {}).get("run_id")
+    previous = (read_json(store, source_state_key(source)) or {}).get("run_id")
 
-    records = {f.name: _json(store, file_state_key(source, f.name)) for f in files}
+    records = {f.name: read_json(store, file_state_key(source, f.name)) for f in files}
     for name in extracted:
         rec = records[name] = records[name] or {}
         rec["extract"] = {
@@ -437,9 +363,9 @@ def finalize_source(run: Run, source: str) -> dict:
             # what this file produced (OCR-VQA: how many images each path gave), kept when another path is used
             "counts": manifest.counts(by_file[name]),
         }
-        _put_json(store, file_state_key(source, name), rec)
+        put_json(store, file_state_key(source, name), rec)
 
-    fetched = [_json(store, o.key) for o in store.list(run.key(source, "fetched") + "/")]
+    fetched = [read_json(store, o.key) for o in store.list(run.key(source, "fetched") + "/")]
     counts = manifest.counts(new)
     usable = counts["ok"] + counts["normalized"]
     summary = {
@@ -467,8 +393,8 @@ def finalize_source(run: Run, source: str) -> dict:
         "error": None,
         "run_id": run.run_id,
     }
-    _put_json(store, run.key(source, "summary.json"), summary)
-    _put_json(
+    put_json(store, run.key(source, "summary.json"), summary)
+    put_json(
         store,
         source_state_key(source),
         {
@@ -527,28 +453,8 @@ def _remove_stale(store: Store, source: str, old, removed_paths: list[str]) -> N
 # ----------------------------------------------------------------------------------------------------------- outcome records
 
 
-def no_ingest_summary(run: Run, source: str, status: str, reason: str) -> dict:
-    """The summary of a source that ingested nothing in this run (skipped, or failed before finalize)."""
-    src = run.source(source)
-    return {
-        "source": source,
-        "title": src.title,
-        "kind": src.kind,
-        "status": status,
-        "error": reason,
-        "files_fetched": 0,
-        "bytes_fetched": 0,
-        "images_ok": 0,
-        "images_invalid": 0,
-        "images_normalized": 0,
-        "expected_images": src.expected_images,
-        "run_id": run.run_id,
-        "finished": now(),
-    }
-
-
 def record_skipped(run: Run, source: str, reason: str) -> None:
-    _put_json(run.store, run.key(source, "summary.json"), no_ingest_summary(run, source, "skipped", reason))
+    put_json(run.store, run.key(source, "summary.json"), no_ingest_summary(run, source, "skipped", reason))
 
 
 def record_failure(run: Run, source: str, task: str, error: BaseException) -> None:
@@ -556,7 +462,7 @@ def record_failure(run: Run, source: str, task: str, error: BaseException) -> No
     message = str(error) if isinstance(error, SourceFailed | ValueError | RuntimeError | OSError) else ""
     message = message or f"{type(error).__name__}: {error}"
     stamp = f"{time.time_ns()}"
-    _put_json(
+    put_json(
         run.store,
         run.key(source, "errors", f"{task}.{stamp}.json"),
         {

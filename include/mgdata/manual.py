@@ -19,16 +19,16 @@ import time
 from dataclasses import dataclass
 
 from mgdata.catalog import RemoteFile, Source
-from mgdata.fetch.http import (
+from mgdata.fetch.http import fetch_to_store
+from mgdata.fetch.transfer import (
+    Digester,
     FetchResult,
-    _Digester,
-    _GiveUp,
-    _normalise_checksums,
-    fetch_to_store,
+    GiveUp,
     new_session,
-    redact_url,
+    normalise_checksums,
     verify_body,
 )
+from mgdata.redact import redact_url
 from mgdata.storage import MiB, Store
 
 log = logging.getLogger("mgdata.manual")
@@ -79,7 +79,7 @@ def _from_connection(source: str) -> Provided | None:
 
 def find_provided(store: Store, source: str, src: Source, f: RemoteFile) -> Provided:
     """The user's copy of `f`, or `SourceSkipped` with the catalog's instructions."""
-    from mgdata.ingest import SourceSkipped
+    from mgdata.run import SourceSkipped
 
     info = store.stat(inbox_key(source, f.name))
     if info is not None:
@@ -116,8 +116,8 @@ def _copy(
     from mgdata.fetch import FetchError
 
     started = time.monotonic()
-    expected = _normalise_checksums(checksums)
-    digester = _Digester(sorted({"sha256", *expected}))
+    expected = normalise_checksums(checksums)
+    digester = Digester(sorted({"sha256", *expected}))
     written = 0
     try:
         with store.open_range(provided.key) as src, store.writer(key) as out:
@@ -129,7 +129,7 @@ def _copy(
             try:
                 verify_body(written, digests, size=size, expected=expected)
             except (
-                _GiveUp
+                GiveUp
             ) as e:  # raising inside the writer's block aborts it: nothing is published under `key`
                 raise FetchError(f"{label}: {provided.where}: {e.reason}") from None
     finally:

@@ -14,16 +14,16 @@ from datetime import datetime, timezone
 import pyarrow.compute as pc
 
 from mgdata import manifest
-from mgdata.ingest import Run, _json, _put_json, no_ingest_summary, now
+from mgdata.run import Run, no_ingest_summary, now, put_json, read_json
 
 QUARANTINE_LISTED = 500
 
 
 def source_outcome(run: Run, source: str) -> dict:
-    summary = _json(run.store, run.key(source, "summary.json"))
+    summary = read_json(run.store, run.key(source, "summary.json"))
     if summary is not None:
         return summary
-    errors = [_json(run.store, o.key) for o in run.store.list(run.key(source, "errors") + "/")]
+    errors = [read_json(run.store, o.key) for o in run.store.list(run.key(source, "errors") + "/")]
     last = max(errors, key=lambda e: e["at"]) if errors else None
     reason = (
         f"{last['task']}: {last['error']}" if last else "did not finish (no summary and no recorded error)"
@@ -87,7 +87,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
             "ids_without_boxes": 0,
         },
     }
-    _put_json(store, f"runs/{run.run_id}/report.json", report)
+    put_json(store, f"runs/{run.run_id}/report.json", report)
     store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
     return {
         "status": report["status"],
@@ -105,13 +105,13 @@ def verify_run(run: Run) -> dict:
     from mgdata.annotations import check_store
 
     key = f"runs/{run.run_id}/report.json"
-    report = _json(run.store, key)
+    report = read_json(run.store, key)
     if report is None:
         raise RuntimeError(f"run {run.run_id}: no report at {run.store.describe(key)} (did assemble run?)")
     layout_dir = run.settings.layout_dir if report.get("layout") else None
     ready = check_store(run.store, run.catalog, layout_dir=layout_dir)
     report["ready_to_train"] = ready
-    _put_json(run.store, key, report)
+    put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
     keys = ("checked", "ready", "note", "referenced", "present", "missing", "broken", "ids_without_boxes")
     return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}

@@ -20,8 +20,9 @@ import pytest
 
 from mgdata import manifest
 from mgdata.catalog import SHIPPED_CATALOG
-from mgdata.ingest import Run, SourceFailed, _put_json, record_failure, record_skipped
+from mgdata.ingest import record_failure, record_skipped
 from mgdata.report import assemble_run, verify_run
+from mgdata.run import Run, SourceFailed, put_json
 from mgdata.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def _summary(run: Run, source: str, rows: list[tuple[str, str]], *, fetched: int
     counts = dict.fromkeys(manifest.STATUSES, 0)
     for _, status in rows:
         counts[status] += 1
-    _put_json(
+    put_json(
         run.store,
         run.key(source, "summary.json"),
         {

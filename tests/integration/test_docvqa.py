@@ -13,12 +13,12 @@ from mgdata import manifest
 from mgdata.catalog import SHIPPED_CATALOG
 from mgdata.ingest import (
     Run,
-    SourceSkipped,
     ingest_source,
     plan_source,
 )
 from mgdata.mirror.server import MirrorServer
 from mgdata.mirror.web_replicas import build_docvqa
+from mgdata.run import SourceSkipped
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 

@@ -16,7 +16,8 @@ import importlib
 import logging
 
 from mgdata.catalog import Mirror
-from mgdata.fetch.http import FetchError, FetchResult, RemoteInfo, _error, _scrub
+from mgdata.fetch.transfer import FetchError, FetchResult, RemoteInfo, fetch_error
+from mgdata.redact import redact_text
 from mgdata.storage import Store
 
 
@@ -24,7 +25,7 @@ class _RedactRequestLines(logging.Filter):
     """urllib3 logs every request line with its query string at DEBUG: a signed URL's token must not reach a log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _scrub(record.getMessage()), ()
+        record.msg, record.args = redact_text(record.getMessage()), ()
         return True
 
 
@@ -65,13 +66,13 @@ def fetch_mirrors(
             return impl.fetch(m, store, key, label=label, size=m.size or size, checksums=expected), m
         except FetchError as e:
             failures += list(e.failures) or [(m.describe(), str(e))]
-    raise _error(FetchError, label, failures)
+    raise fetch_error(FetchError, label, failures)
 
 
 def probe_mirror(mirror: Mirror) -> RemoteInfo:
     impl = adapter(mirror.kind)
     if impl is None:
-        raise _error(FetchError, None, [(mirror.describe(), f"no {mirror.kind} adapter yet")])
+        raise fetch_error(FetchError, None, [(mirror.describe(), f"no {mirror.kind} adapter yet")])
     return impl.probe(mirror)
 
 

@@ -35,17 +35,17 @@ from gdown.download import get_url_from_gdrive_confirmation
 from gdown.exceptions import FileURLRetrievalError
 
 from mgdata.catalog import Mirror
-from mgdata.fetch.http import (
+from mgdata.fetch.http import fetch_to_store
+from mgdata.fetch.http import probe as probe_url
+from mgdata.fetch.transfer import (
     CONNECT_TIMEOUT,
     FetchError,
     FetchResult,
     RemoteInfo,
-    _error,
-    fetch_to_store,
+    fetch_error,
     new_session,
-    redact_url,
 )
-from mgdata.fetch.http import probe as probe_url
+from mgdata.redact import redact_url
 from mgdata.storage import Store
 
 log = logging.getLogger("mgdata.fetch.gdrive")
@@ -113,7 +113,7 @@ def _get(session: requests.Session, url: str, where: str, *, stream: bool = True
             resp.close()
             continue
         return resp
-    raise _error(FetchError, None, [(where, f"{reason} (gave up after {ATTEMPTS} attempts)")])
+    raise fetch_error(FetchError, None, [(where, f"{reason} (gave up after {ATTEMPTS} attempts)")])
 
 
 def _page(resp: requests.Response) -> str:
@@ -127,12 +127,14 @@ def _refused(where: str, status: int, page: str) -> FetchError:
     if _QUOTA.search(page):
         m = _SUBCAPTION.search(page)
         detail = html.unescape(re.sub(r"<[^>]+>", "", m.group(1))) if m else "downloadQuotaExceeded."
-        return _error(DriveQuotaExceeded, None, [(where, quota_message(where, detail))])
+        return fetch_error(DriveQuotaExceeded, None, [(where, quota_message(where, detail))])
     if status == 404 or "does not exist" in page:
-        return _error(FetchError, None, [(where, "no such file on Google Drive (HTTP 404); check the id")])
+        return fetch_error(
+            FetchError, None, [(where, "no such file on Google Drive (HTTP 404); check the id")]
+        )
     title = re.search(r"<title>(.*?)</title>", page, re.DOTALL)
     what = html.unescape(title.group(1)).strip() if title else f"HTTP {status}"
-    return _error(
+    return fetch_error(
         FetchError,
         None,
         [
@@ -163,7 +165,7 @@ def resolve(mirror: Mirror, session: requests.Session) -> str:
         except FileURLRetrievalError:
             raise _refused(where, status, page) from None
         log.info("%s: Drive asked for a confirmation (large file); following it", where)
-    raise _error(FetchError, None, [(where, f"no file after {MAX_HOPS} Drive pages")])
+    raise fetch_error(FetchError, None, [(where, f"no file after {MAX_HOPS} Drive pages")])
 
 
 def folder_file_id(mirror: Mirror, session: requests.Session) -> str:
@@ -183,7 +185,7 @@ def folder_file_id(mirror: Mirror, session: requests.Session) -> str:
             names.append(name)
             if name == mirror.path:
                 return m.group(1)
-    raise _error(
+    raise fetch_error(
         FetchError,
         None,
         [(where, f"the Drive folder has no file {mirror.path!r} (it lists {sorted(names)})")],
@@ -201,7 +203,9 @@ def fetch(
             )
         except FetchError as e:
             # Name the Drive file, not the one-time download URL.
-            raise _error(type(e), label, [(mirror.describe(), reason) for _, reason in e.failures]) from None
+            raise fetch_error(
+                type(e), label, [(mirror.describe(), reason) for _, reason in e.failures]
+            ) from None
 
 
 def probe(mirror: Mirror) -> RemoteInfo:

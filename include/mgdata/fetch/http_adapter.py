@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from mgdata.catalog import Mirror
-from mgdata.fetch.http import FetchResult, RemoteInfo, fetch_to_store
+from mgdata.fetch.http import fetch_to_store
 from mgdata.fetch.http import probe as probe_url
+from mgdata.fetch.transfer import FetchResult, RemoteInfo
 from mgdata.storage import Store
 
 

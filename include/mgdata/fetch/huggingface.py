@@ -35,16 +35,16 @@ from huggingface_hub.errors import (
 )
 
 from mgdata.catalog import Mirror
-from mgdata.fetch.http import (
+from mgdata.fetch.http import fetch_to_store
+from mgdata.fetch.transfer import (
     ChecksumMismatch,
     FetchError,
     FetchResult,
     RemoteInfo,
-    _error,
-    _retry_after,
-    _scrub,
-    fetch_to_store,
+    fetch_error,
+    retry_after_seconds,
 )
+from mgdata.redact import redact_text
 from mgdata.settings import hf_token
 from mgdata.storage import Store
 
@@ -96,7 +96,8 @@ def _call(what: str, fn: Callable[[], T], *, sleep: Callable[[float], None] = ti
             status = resp.status_code if resp is not None else None
             if status != 429 and (status is None or status < 500) or attempt == API_ATTEMPTS:
                 raise
-            asked = _retry_after(resp)  # the same reading of Retry-After / RateLimit as every other fetch
+            # the same reading of Retry-After / RateLimit as every other fetch
+            asked = retry_after_seconds(resp)
             wait = float(min(MAX_WAIT, asked if asked is not None else 2 ** (attempt - 1)))
             log.warning("%s: HTTP %s from the Hub; retrying in %.3g s", what, status, wait)
             sleep(wait)
@@ -113,11 +114,11 @@ def _reason(e: Exception) -> str:
     if isinstance(e, EntryNotFoundError):
         return "file not found at this revision"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return _scrub(first)[:300]
+    return redact_text(first)[:300]
 
 
 def _failure(mirror: Mirror, e: Exception) -> FetchError:
-    return _error(FetchError, None, [(mirror.describe() + f" at {endpoint(mirror)}", _reason(e))])
+    return fetch_error(FetchError, None, [(mirror.describe() + f" at {endpoint(mirror)}", _reason(e))])
 
 
 def _hub_file(mirror: Mirror, base: str, commit: str, entry) -> HubFile:
@@ -155,7 +156,7 @@ def resolve(mirror: Mirror, *, token: str | None = None) -> HubFile:
         raise _failure(mirror, e) from None
     info = next((i for i in infos if i.path == path and hasattr(i, "blob_id")), None)
     if info is None:
-        raise _error(FetchError, None, [(mirror.describe(), f"file not found at commit {commit}")])
+        raise fetch_error(FetchError, None, [(mirror.describe(), f"file not found at commit {commit}")])
     return _hub_file(mirror, base, commit, info)
 
 
@@ -214,14 +215,14 @@ def fetch(
     hub = resolve(mirror, token=token)
     where = f"{mirror.describe()} (commit {hub.commit})"
     if size is not None and size != hub.size:
-        raise _error(
+        raise fetch_error(
             ChecksumMismatch,
             label,
             [(where, f"size mismatch: the catalog expects {size} bytes, the Hub has {hub.size}")],
         )
     pinned = checksums.get("sha256")
     if pinned and hub.sha256 and pinned != hub.sha256:
-        raise _error(
+        raise fetch_error(
             ChecksumMismatch,
             label,
             [(where, f"sha256 mismatch: the catalog pins {pinned}, the Hub has {hub.sha256}")],

@@ -19,26 +19,26 @@ import threading
 import time
 from dataclasses import dataclass
 
-from mgdata.fetch.http import (
-    _BODY_ERRORS,
-    _FATAL_REQUEST_ERRORS,
-    _RETRY_REQUEST_ERRORS,
+from mgdata.fetch.transfer import (
+    BODY_ERRORS,
     CHUNK,
     CONNECT_TIMEOUT,
+    FATAL_REQUEST_ERRORS,
+    RETRY_REQUEST_ERRORS,
+    Digester,
     FetchResult,
+    GiveUp,
     RemoteInfo,
-    _content_range,
-    _describe,
-    _Digester,
-    _GiveUp,
-    _retry_after,
-    _retryable_status,
-    _same_etag,
+    describe_error,
     human_bytes,
     new_session,
-    redact_url,
+    parse_content_range,
+    retry_after_seconds,
+    retryable_status,
+    same_etag,
     verify_body,
 )
+from mgdata.redact import redact_url
 
 
 class NotRanged(Exception):
@@ -61,8 +61,8 @@ class _Part:
 
 
 class ParallelFetch:
-    """One file from one mirror over `connections` ranged GETs. `job` is the single-stream `_Fetch` whose settings,
-    store writer target and counters (attempts, resumes) this shares."""
+    """One file from one mirror over `connections` ranged GETs. `job` is the single-stream `StreamFetch` whose
+    settings, store writer target and counters (attempts, resumes) this shares."""
 
     def __init__(self, job, url: str, info: RemoteInfo, *, connections: int, part_size: int):
         self.job, self.url, self.info = job, url, info
@@ -110,7 +110,7 @@ class ParallelFetch:
                 self._cond.notify_all()
 
     def _get(self, session, part: _Part) -> bytearray:
-        """The bytes of one part, resuming a dropped connection where it stopped; raises _GiveUp or NotRanged."""
+        """The bytes of one part, resuming a dropped connection where it stopped; raises GiveUp or NotRanged."""
         job, buf = self.job, bytearray()
         failures, reason, retry_after = 0, "", None
         where = f"part {part.index + 1}/{len(self.parts)} (bytes {part.start}-{part.end - 1})"
@@ -119,7 +119,7 @@ class ParallelFetch:
                 raise _Stopped
             if failures:
                 if failures >= job.max_attempts:
-                    raise _GiveUp(f"{where}: {reason} (gave up after {failures} attempts)")
+                    raise GiveUp(f"{where}: {reason} (gave up after {failures} attempts)")
                 delay = job.waits.delay(failures, retry_after)
                 job.emit(f"{job.label}: {redact_url(self.url)}: {where}: {reason}; retrying in {delay:.3g} s")
                 if self._stop.wait(delay):
@@ -135,32 +135,32 @@ class ParallelFetch:
                 resp = session.get(
                     self.url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, job.timeout)
                 )
-            except _FATAL_REQUEST_ERRORS as e:
-                raise _GiveUp(_describe(e)) from None
-            except _RETRY_REQUEST_ERRORS as e:
-                failures, reason = failures + 1, _describe(e, job.timeout)
+            except FATAL_REQUEST_ERRORS as e:
+                raise GiveUp(describe_error(e)) from None
+            except RETRY_REQUEST_ERRORS as e:
+                failures, reason = failures + 1, describe_error(e, job.timeout)
                 continue
             before = len(buf)
             with resp:
                 status = resp.status_code
-                if _retryable_status(status):
+                if retryable_status(status):
                     failures, reason, retry_after = (
                         failures + 1,
                         f"HTTP {status} {resp.reason}",
-                        _retry_after(resp),
+                        retry_after_seconds(resp),
                     )
                     continue
                 if status == 200:
                     raise NotRanged(f"{where}: the server answered a range with the whole file")
                 if status != 206:
-                    raise _GiveUp(f"{where}: HTTP {status} {resp.reason}".strip())
-                cr = _content_range(resp.headers.get("Content-Range"))
+                    raise GiveUp(f"{where}: HTTP {status} {resp.reason}".strip())
+                cr = parse_content_range(resp.headers.get("Content-Range"))
                 etag = resp.headers.get("ETag")
                 if (
                     cr is None
                     or cr[0] != start
                     or cr[2] != self.total
-                    or (self.info.etag and etag and not _same_etag(etag, self.info.etag))
+                    or (self.info.etag and etag and not same_etag(etag, self.info.etag))
                 ):
                     raise NotRanged(f"{where}: unusable partial response (the file changed?)")
                 if before:
@@ -171,13 +171,13 @@ class ParallelFetch:
                     for chunk in resp.raw.stream(CHUNK, decode_content=False):
                         buf += chunk
                         if len(buf) > part.size:
-                            raise _GiveUp(
+                            raise GiveUp(
                                 f"{where}: the server sent more than the range asked", integrity=True
                             )
                         if self._stop.is_set():
                             raise _Stopped
-                except _BODY_ERRORS as e:
-                    dropped = _describe(e, job.timeout)
+                except BODY_ERRORS as e:
+                    dropped = describe_error(e, job.timeout)
             if dropped is None and len(buf) < part.size:
                 dropped = f"body ended after {len(buf) - before} bytes"
             if dropped is not None:
@@ -195,7 +195,7 @@ class ParallelFetch:
         session.headers.update(job.session.headers)
         session.cookies.update(job.session.cookies)  # a Drive download's confirmation cookies
         writer = job.store.new_writer(job.key)
-        digester = _Digester(job.algorithms)
+        digester = Digester(job.algorithms)
         workers = [
             threading.Thread(target=self._worker, args=(session,), name=f"fetch-part-{i}", daemon=True)
             for i in range(min(self.connections, len(self.parts)))

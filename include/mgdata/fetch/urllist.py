@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import requests
 
 from mgdata import manifest
-from mgdata.fetch.http import CONNECT_TIMEOUT, _describe, _retry_after, new_session
+from mgdata.fetch.transfer import CONNECT_TIMEOUT, describe_error, new_session, retry_after_seconds
 from mgdata.images import check_image
 from mgdata.storage import Store
 
@@ -135,15 +135,15 @@ def download(
                     reason = f"HTTP {resp.status_code} {resp.reason}".strip()
                     if resp.status_code not in _RETRY_STATUS:
                         return Download(image_id, url, None, reason)
-                    retry_after = _retry_after(resp)
+                    retry_after = retry_after_seconds(resp)
                     if retry_after is not None:
                         hosts.pause(host, min(retry_after, policy.max_backoff))
             except requests.TooManyRedirects:
                 return Download(image_id, url, None, f"more than {policy.max_redirects} redirects")
             except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as e:
-                return Download(image_id, url, None, _describe(e))
+                return Download(image_id, url, None, describe_error(e))
             except requests.RequestException as e:
-                reason = _describe(e, policy.timeout)
+                reason = describe_error(e, policy.timeout)
         if attempt < policy.attempts:
             delay = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             time.sleep(max(delay, retry_after or 0.0))

@@ -26,8 +26,8 @@ from mgdata.mirror.build import (
     build_mirror,
     load_replicas,
     write_catalog,
-    write_text_atomic,
 )
+from mgdata.mirror.media import write_text_atomic
 from mgdata.mirror.web_replicas import stand_in_routes
 
 

@@ -38,6 +38,18 @@ import zipfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from mgdata.mirror.media import (
+    Member,
+    PhotoPool,
+    ReplicaFile,
+    ReplicaSpec,
+    encode,
+    sha256_file,
+    to_gif,
+    truncated,
+    write_text_atomic,
+    write_zip,
+)
 from mgdata.mirror.server import Fault
 
 HUB_JSON = "hub.json"
@@ -108,9 +120,7 @@ class HubStandIn:
         if isinstance(content, bytes):
             data_sha, size = hashlib.sha256(content).hexdigest(), len(content)
         else:
-            from mgdata.mirror.build import _sha256  # build imports this module
-
-            data_sha, size = _sha256(content), content.stat().st_size
+            data_sha, size = sha256_file(content), content.stat().st_size
         blob = self.root / BLOBS / data_sha
         blob.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
@@ -128,8 +138,6 @@ class HubStandIn:
         }
 
     def save(self) -> Path:
-        from mgdata.mirror.build import write_text_atomic  # build imports this module
-
         path = self.root / HUB_JSON
         write_text_atomic(path, json.dumps(self.repos, indent=1, sort_keys=True) + "\n")
         return path
@@ -336,12 +344,6 @@ def _boxes(rng: random.Random, sample_id: str) -> dict:
     }
 
 
-def _zip_members(path: Path, spec, members) -> None:
-    from mgdata.mirror.build import _write_zip
-
-    _write_zip(path, spec, members)
-
-
 def build_hub_replicas(
     root: Path,
     sources: list[str],
@@ -355,7 +357,6 @@ def build_hub_replicas(
 
     `others` are the replicas already built (ReplicaFile): the training JSONs reference their valid images too."""
     from mgdata.catalog import parse_catalog
-    from mgdata.mirror.build import ReplicaFile, _gif, _Member, _PhotoPool, _Spec, _truncated
 
     catalog = parse_catalog(raw_catalog)
     hub = HubStandIn(root)
@@ -401,21 +402,21 @@ def build_hub_replicas(
 
     def zip_of(source: str, name: str, members: list, date=_DATE) -> Path:
         path = work / f"{source}-{name}"
-        _zip_members(path, _Spec(source, name, "", None, date, zipfile.ZIP_STORED), members)
+        write_zip(path, ReplicaSpec(source, name, "", None, date, zipfile.ZIP_STORED), members)
         return path
 
     rng_for = lambda source: random.Random(f"mgdata.mirror.hub:{seed}:{source}")  # noqa: E731
 
     if "llava_pretrain" in sources:
         rng = rng_for("llava_pretrain")
-        photos = _PhotoPool(rng, images_per_source)
+        photos = PhotoPool(rng, images_per_source)
         ids = rng.sample(range(10, 600_000), images_per_source + 1)
         names = [f"{i // 10000:05d}/{i:09d}.jpg" for i in ids]
         good, bad = names[:images_per_source], names[images_per_source]
         files = {n: photos.jpeg() for n in good}
-        files[bad] = _truncated(photos.jpeg())  # a scrape cut short: lands in quarantine
+        files[bad] = truncated(photos.jpeg())  # a scrape cut short: lands in quarantine
         folders = sorted({n.split("/")[0] + "/" for n in names})
-        members = [_Member(d, None) for d in folders] + [_Member(n, files[n]) for n in sorted(files)]
+        members = [Member(d, None) for d in folders] + [Member(n, files[n]) for n in sorted(files)]
         members.sort(key=lambda m: m.name)
         stage(
             "llava_pretrain",
@@ -433,14 +434,14 @@ def build_hub_replicas(
 
     if "allava_laion" in sources:
         rng = rng_for("allava_laion")
-        photos = _PhotoPool(rng, images_per_source)
+        photos = PhotoPool(rng, images_per_source)
         per_chunk = max(1, images_per_source // ALLAVA_CHUNKS)
         ids = rng.sample(range(100_000_000, 110_000_000), per_chunk * ALLAVA_CHUNKS)
         data_paths["allava_laion"] = []
         for chunk in range(ALLAVA_CHUNKS):
             # The folders stored inside the chunks are dropped on extraction (`unzip -j`); their names are [I].
             names = [f"images_{chunk}/{i}.jpeg" for i in ids[chunk * per_chunk : (chunk + 1) * per_chunk]]
-            members = [_Member(f"images_{chunk}/", None)] + [_Member(n, photos.jpeg()) for n in names]
+            members = [Member(f"images_{chunk}/", None)] + [Member(n, photos.jpeg()) for n in names]
             name = f"images_{chunk}.zip"
             stage(
                 "allava_laion",
@@ -452,23 +453,21 @@ def build_hub_replicas(
 
     if "allava_vflan" in sources:
         rng = rng_for("allava_vflan")
-        photos = _PhotoPool(rng, images_per_source)
-        names, members = [], [_Member("images_191task_1k/", None)]
+        photos = PhotoPool(rng, images_per_source)
+        names, members = [], [Member("images_191task_1k/", None)]
         for i in range(images_per_source):
             task = rng.choice(_VFLAN_TASKS)
             png = i % 5 == 4  # Vision-FLAN mixes PNG and JPEG
             name = f"images_191task_1k/{task}_{rng.randrange(1000)}_{i:06d}_{rng.getrandbits(32):08x}.{'png' if png else 'jpg'}"
             image = photos.image()
             if png:
-                from mgdata.mirror.build import _encode
-
-                data = _encode(image.resize((image.width // 2, image.height // 2)), "PNG", compress_level=1)
+                data = encode(image.resize((image.width // 2, image.height // 2)), "PNG", compress_level=1)
             else:
                 data = photos.jpeg()
             names.append(name)
-            members.append(_Member(name, data))
+            members.append(Member(name, data))
         gif_name = names[-1].rsplit(".", 1)[0] + ".jpg"  # a GIF under a .jpg name: normalized on the way in
-        members[-1] = _Member(gif_name, _gif(photos.image()))
+        members[-1] = Member(gif_name, to_gif(photos.image()))
         names[-1] = gif_name
         members.sort(key=lambda m: m.name)
         stage(

@@ -14,7 +14,7 @@
 * DocVQA's `train.tar.gz` (`train/documents/*.png` + `train/train_v1.0.json`): not served; tests and users drop it in
   the store's inbox or serve it behind an authenticated URL.
 
-Deterministic under the seed, like every replica, and small: the pictures come from build.py's pools.
+Deterministic under the seed, like every replica, and small: the pictures come from media.py's pools.
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ from pathlib import Path
 
 from PIL import Image
 
-from mgdata.mirror.build import (
-    _HTML_PAGE,
-    WEB_SOURCES,
-    ReplicaFile,
-    _encode,
-    _gif,
-    _PhotoPool,
-    _sha256,
-    _truncated,
-    _write_zip,
-    write_text_atomic,
-)
 from mgdata.mirror.drive import DriveStandIn
+from mgdata.mirror.media import (
+    HTML_PAGE,
+    Member,
+    PhotoPool,
+    ReplicaFile,
+    ReplicaSpec,
+    encode,
+    sha256_file,
+    to_gif,
+    truncated,
+    write_text_atomic,
+    write_zip,
+)
 
+# The Drive and URL-list replicas, served by the Drive and image-host stand-ins (build.py makes the plain-HTTP ones).
+WEB_SOURCES: tuple[str, ...] = ("share_textvqa", "web_celebrity", "web_landmark", "wikiart", "dvqa", "ocr_vqa")  # fmt: skip
 WEB_JSON = (
     "web_replicas.json"  # drive ids -> files, folders, quota ids, cover behaviours: what routes() serves
 )
@@ -137,21 +140,19 @@ def _web_names(source: str, rng: random.Random, n: int) -> list[str]:
 
 
 def _build_sharegpt4v(root: Path, raw: dict, source: str, images: int, seed: int) -> ReplicaFile:
-    from mgdata.mirror.build import _Member, _Spec
-
     file_name, folder, stamp = SHAREGPT4V[source]
     rng = _rng(seed, source)
-    pool = _PhotoPool(rng, images)
+    pool = PhotoPool(rng, images)
     names = _web_names(source, rng, images)
     prefix = f"data/{folder}/images/"
-    members = [_Member("data/", None), _Member(f"data/{folder}/", None), _Member(prefix, None)]
-    members += [_Member(prefix + n, pool.jpeg()) for n in names]
+    members = [Member("data/", None), Member(f"data/{folder}/", None), Member(prefix, None)]
+    members += [Member(prefix + n, pool.jpeg()) for n in names]
     bad = prefix + f"zz-broken-{rng.randrange(10**6):06d}.jpg"
-    members.append(_Member(bad, _truncated(pool.jpeg())))
+    members.append(Member(bad, truncated(pool.jpeg())))
     drive_id = _drive_id(raw, source, file_name)
     relpath = f"drive-files/{drive_id}/{file_name}"
-    spec = _Spec(source, file_name, prefix, lambda r, n: [], stamp)
-    _write_zip(root / relpath, spec, members)
+    spec = ReplicaSpec(source, file_name, prefix, lambda r, n: [], stamp)
+    write_zip(root / relpath, spec, members)
     _copy_to_hub_path(root, raw, source, file_name, relpath)
     return _record(root, source, file_name, relpath, images=len(names), broken=(bad,))
 
@@ -168,7 +169,7 @@ def _record(root: Path, source: str, name: str, relpath: str, *, images: int, br
             missing: int = 0) -> ReplicaFile:  # fmt: skip
     path = root / relpath
     return ReplicaFile(
-        source=source, name=name, relpath=relpath, size=path.stat().st_size, sha256=_sha256(path), images=images,
+        source=source, name=name, relpath=relpath, size=path.stat().st_size, sha256=sha256_file(path), images=images,
         broken=len(broken), normalized=len(normalized), broken_members=tuple(broken),
         normalized_members=tuple(normalized), missing=missing,
     )  # fmt: skip
@@ -192,7 +193,7 @@ def _chart(rng: random.Random) -> bytes:
         draw.rectangle((x0, top, x0 + 360 // bars - 10, 400), fill=color, outline="black")
         draw.text((x0 + 4, 410), rng.choice(["fire", "tax", "cap", "bush", "ward", "pause"]), fill="black")
     draw.line((50, 40, 50, 400, 430, 400), fill="black", width=2)
-    return _encode(image, "PNG", compress_level=1)
+    return encode(image, "PNG", compress_level=1)
 
 
 def _document(rng: random.Random) -> bytes:
@@ -210,7 +211,7 @@ def _document(rng: random.Random) -> bytes:
             draw.rectangle((x, y, x + word, y + 9), fill=rng.randint(20, 90))
             x += word + rng.randint(8, 16)
         y += rng.randint(18, 34)
-    return _encode(image, "PNG", compress_level=1)
+    return encode(image, "PNG", compress_level=1)
 
 
 def _write_tar_gz(path: Path, members: list[tuple[str, bytes | None]], stamp: tuple) -> None:
@@ -272,10 +273,8 @@ def _build_covers(root: Path, images: int, seed: int) -> dict:
     """The covers under `<root>/ecx.images-amazon.com/images/I/`, and the mirror zip of the ones that are there (the
     `mirror` path: `ocr_vqa/images/<id>.jpg`, the URL's bytes as they are, like the circulating zips); returns
     {id: {"file", "behaviour"}}."""
-    from mgdata.mirror.build import _Member, _Spec
-
     rng = _rng(seed, "ocr_vqa")
-    pool = _PhotoPool(rng, images)
+    pool = PhotoPool(rng, images)
     in_zip: list = []
     ids = [str(i) for i in rng.sample(range(10**8, 2 * 10**9), images + len(COVER_BEHAVIOURS))]
     # every behaviour once, at seeded places among the plain JPEG covers
@@ -289,30 +288,30 @@ def _build_covers(root: Path, images: int, seed: int) -> dict:
         kind = spec.get("kind")
         cover = pool.image().resize((320, 500))
         if kind == "gif":
-            data = _gif(cover)
+            data = to_gif(cover)
         elif kind == "png":
             rgba = cover.convert("RGBA")
             rgba.putalpha(Image.new("L", rgba.size, 200))
-            data = _encode(rgba, "PNG", compress_level=1)
+            data = encode(rgba, "PNG", compress_level=1)
         elif kind == "html":
-            data = _HTML_PAGE
+            data = HTML_PAGE
         elif kind == "truncated":
-            data = _truncated(_encode(cover, "JPEG", quality=85))
+            data = truncated(encode(cover, "JPEG", quality=85))
         else:
-            data = _encode(cover, "JPEG", quality=85)
+            data = encode(cover, "JPEG", quality=85)
         if "status" not in spec:
             target = f"moved-{file}" if spec.get("redirect") else file
             (root / COVERS / target).write_bytes(data)
         covers[image_id] = {"file": file, "behaviour": behaviour}
         if cover_outcome(behaviour) != "missing":
-            in_zip.append(_Member(f"ocr_vqa/images/{image_id}.jpg", data))
+            in_zip.append(Member(f"ocr_vqa/images/{image_id}.jpg", data))
     members = [
-        _Member("ocr_vqa/", None),
-        _Member("ocr_vqa/images/", None),
+        Member("ocr_vqa/", None),
+        Member("ocr_vqa/images/", None),
         *sorted(in_zip, key=lambda m: m.name),
     ]
-    spec = _Spec("ocr_vqa", OCR_VQA_ZIP, "ocr_vqa/images/", lambda r, n: [], (2024, 4, 20, 8, 0, 0))
-    _write_zip(root / ocr_vqa_zip_relpath(), spec, members)
+    spec = ReplicaSpec("ocr_vqa", OCR_VQA_ZIP, "ocr_vqa/images/", lambda r, n: [], (2024, 4, 20, 8, 0, 0))
+    write_zip(root / ocr_vqa_zip_relpath(), spec, members)
     return covers
 
 
@@ -416,7 +415,7 @@ def point_catalog(raw: dict, base_url: str, root: Path, replicas: list[ReplicaFi
             (zipped,) = [f for f in body["files"] if f["name"] == OCR_VQA_ZIP]
             path = root / ocr_vqa_zip_relpath()
             zipped["mirrors"] = [f"{base}/{ocr_vqa_zip_relpath()}"]
-            zipped["size"], zipped["checksums"] = path.stat().st_size, {"sha256": _sha256(path)}
+            zipped["size"], zipped["checksums"] = path.stat().st_size, {"sha256": sha256_file(path)}
 
 
 @dataclass
