@@ -298,6 +298,10 @@ class Progress:
         self.emit(msg)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The error a caller sees: every mirror tried, with its reason
+
+
 def fetch_error(cls: type[FetchError], label: str | None, failures: list[tuple[str, str]]) -> FetchError:
     listed = "; ".join(f"{u}: {r}" for u, r in failures)
     if label is None:

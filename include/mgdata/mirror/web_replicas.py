@@ -49,6 +49,7 @@ from mgdata.mirror.media import (
 
 # The Drive and URL-list replicas, served by the Drive and image-host stand-ins (build.py makes the plain-HTTP ones).
 WEB_SOURCES: tuple[str, ...] = ("share_textvqa", "web_celebrity", "web_landmark", "wikiart", "dvqa", "ocr_vqa")  # fmt: skip
+
 WEB_JSON = (
     "web_replicas.json"  # drive ids -> files, folders, quota ids, cover behaviours: what routes() serves
 )
