@@ -83,15 +83,24 @@ def _in_source(source: str, step: str, fn, *args):
 
 @task(**NETWORK_RETRIES)
 def plan(source: str) -> list[dict]:
-    """Compare each remote file with the last ingest (ETag, size, checksum) and decide what to fetch."""
+    """Compare each remote file with the last ingest (ETag, size, checksum) and decide what to fetch.
+
+    An unchanged source is finished here (its summary recorded) and the plan task ends as skipped, so the source's
+    fetch, shard, extract and finalize are skipped too: a refresh costs one task instance per unchanged source."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mgdata.ingest import plan_source
+    from mgdata.ingest import finalize_source, plan_source, unchanged
 
     selected = get_current_context()["params"].get("sources") or []
     if selected and source not in selected:
         raise AirflowSkipException(f"{source} is not in this run's `sources` selection")
-    return _in_source(source, "plan", plan_source)
+    files = _in_source(source, "plan", plan_source)
+    if not files and _in_source(source, "plan", unchanged):
+        _in_source(source, "finalize", finalize_source)
+        raise AirflowSkipException(
+            f"{source} is unchanged since its last ingest: nothing to fetch or extract"
+        )
+    return files
 
 
 @task(map_index_template="{{ file_name }}", **NETWORK_RETRIES)

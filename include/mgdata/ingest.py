@@ -317,6 +317,15 @@ def extract_shard(run: Run, source: str, shard_id: str) -> dict:
     return extract(run, source, shard_id)
 
 
+def unchanged(run: Run, source: str) -> bool:
+    """This run's plan fetches and extracts nothing and the source has a manifest from an earlier ingest: finalize
+    alone (no merge: the manifest stays as it is) records the source's summary, and the DAG skips the rest."""
+    plan = read_json(run.store, run.key(source, "plan.json")) or {"files": []}
+    if any(d["fetch"] or d["extract"] for d in plan["files"]):
+        return False
+    return run.store.stat(manifest.source_key(source)) is not None
+
+
 def ingest_source(run: Run, source: str) -> dict:
     """One source's task group in this process, stage after stage (plan, fetch, shard, extract, finalize): what
     tests, benchmarks and library users run without Airflow. Returns finalize's summary."""

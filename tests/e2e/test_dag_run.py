@@ -79,6 +79,13 @@ def run_dag(home: Path, conf: dict | None = None, **env: str) -> subprocess.Comp
     return subprocess.run(cmd, env=_env(home, **env), capture_output=True, text=True, timeout=900)
 
 
+def task_states(home: Path, run_id: str, **env: str) -> dict[str, str]:
+    """task id -> state of one DAG run's task instances (mapped instances: the last one listed)."""
+    cmd = [AIRFLOW, "tasks", "states-for-dag-run", "mgllava_data", run_id, "--output", "json"]
+    out = subprocess.run(cmd, env=_env(home, **env), capture_output=True, text=True, timeout=300, check=True)
+    return {row["task_id"]: row["state"] for row in json.loads(out.stdout)}
+
+
 def latest_report(store) -> dict:
     keys = sorted(o.key for o in store.list("runs/") if o.key.endswith("/report.json"))
     assert keys, "no report written"
@@ -208,6 +215,16 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
         assert s["diff_paths"] == {"added": [], "removed": [], "changed": []}
         assert s["diff_since"] == report["run_id"], name
     assert again["ready_to_train"]["ready"], again["ready_to_train"]["note"]
+    # An unchanged source ends at its plan: fetch, shard, extract and finalize never start. OCR-VQA is not unchanged
+    # (its dead URLs are tried again), so its group runs through finalize.
+    states = task_states(airflow_home, again["run_id"], **env)
+    for name in mirror.expected:
+        ran = {t: s for t, s in states.items() if t.startswith(f"{name}.") and s == "success"}
+        if name == "ocr_vqa":
+            assert {"ocr_vqa.plan", "ocr_vqa.shard", "ocr_vqa.finalize"} <= set(ran), ran
+        else:
+            assert ran == {}, (name, ran)
+            assert states[f"{name}.plan"] == states[f"{name}.finalize"] == "skipped", name
     # OCR-VQA's refresh fetches its dead URLs again: their rows carry the new run id
     manifests.pop("manifests/ocr_vqa.parquet")
     assert {
