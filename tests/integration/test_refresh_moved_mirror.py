@@ -1,6 +1,7 @@
 """A refresh after the mirrors moved (a new host, a new port, a mirror added in front): a file the catalog does not pin
 by checksum is fetched again only when the upstream's own metadata at the new place (ETag, else Last-Modified and
-size) says its bytes changed. Two real servers on loopback serve the same replica, as a moved mirror would.
+size) says its bytes changed; a URL list whose URLs moved host does not fetch its images again. Two real servers on
+loopback serve the same replica, as a moved mirror would.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from mgdata import manifest
 from mgdata.ingest import Run, ingest_source, plan_source
 from mgdata.mirror.build import build_mirror, write_catalog
 from mgdata.mirror.server import MirrorServer
+from mgdata.mirror.web_replicas import COVERS, routes
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 
@@ -91,3 +95,34 @@ def test_a_new_size_or_pin_is_a_changed_entry(mirrors):
     seen = len(m.new.requests)
     assert plan(pinned, "r4")["reason"] == "unchanged (pinned checksum verified)"
     assert m.new.requests[seen:] == []
+
+
+def test_url_list_images_are_not_fetched_again_when_the_mirror_moved(tmp_path, monkeypatch):
+    """The sample mirror's dataset.json names the mirror's address in every cover URL: on another port it is a new
+    file (fetched again, it is small), but a cover whose last row is usable and whose URL only moved host is kept."""
+    root = tmp_path / "mirror"
+    replicas = build_mirror(root, images_per_source=24, sources=["ocr_vqa"])
+    store = LocalStore(tmp_path / "store")
+
+    def ingest(server: MirrorServer, run_id: str) -> dict:
+        monkeypatch.setenv("MGDATA_GDRIVE_URL", f"{server.base_url}/drive.google.com")
+        catalog = write_catalog(root, server.base_url, replicas, out=tmp_path / f"{run_id}.yaml")
+        return ingest_source(Run(Settings(storage=store.url, catalog=str(catalog)), run_id), "ocr_vqa")
+
+    with MirrorServer(root, routes=routes(root)) as old:
+        assert ingest(old, "r1")["files_fetched"] == 1
+    before = manifest.read_table(store, manifest.source_key("ocr_vqa")).to_pylist()
+    images = {o.key: store.read_bytes(o.key) for o in store.list("data/")}
+    with MirrorServer(root, routes=routes(root)) as new:
+        second = ingest(new, "r2")
+        asked = {path for method, path, _ in new.requests if method == "GET" and f"/{COVERS}/" in path}
+
+    assert second["files_fetched"] == 1  # dataset.json: its URLs name the new port
+    not_usable = {urlsplit(r["origin"]).path for r in before if r["status"] not in manifest.USABLE}
+    assert not_usable and asked == not_usable, "only the dead and broken covers are asked again"
+    after = manifest.read_table(store, manifest.source_key("ocr_vqa")).to_pylist()
+    assert [(r["path"], r["status"], r["sha256"]) for r in after] == [
+        (r["path"], r["status"], r["sha256"]) for r in before
+    ]
+    assert {o.key: store.read_bytes(o.key) for o in store.list("data/")} == images
+    assert (second["added"], second["removed"], second["changed"]) == (0, 0, 0)
