@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 SOURCES ?=
 
-.PHONY: venv browser test demo real ui lint format lock bench clean
+.PHONY: venv browser test demo real ui ui-demo lint format lock bench clean
 
 venv: $(VENV)/.installed
 
@@ -39,9 +39,16 @@ demo: venv
 real: venv
 	scripts/airflow-env.sh airflow dags test mgllava_data -c "$$($(PY) -c 'import json,sys; print(json.dumps({"sources": [s for s in sys.argv[1].split(",") if s]}))' '$(SOURCES)')"
 
-## make ui: the Airflow UI on http://localhost:8080 with the DAG loaded (airflow standalone, LocalExecutor, SQLite)
+## make ui: the Airflow UI on http://localhost:8080 with the DAG loaded (airflow standalone, LocalExecutor, SQLite).
+## Nothing runs until you trigger it (MGDATA_SCHEDULE unset); same Airflow home (.airflow/) as make demo and make real.
 ui: venv
 	scripts/airflow-env.sh airflow standalone
+
+## make ui-demo: the same UI, with the demo's store and catalog, so the audit page lists the demo's runs
+ui-demo: venv
+	@test -f demo/mirror/catalog.yaml || { echo "no demo yet: run make demo first"; exit 1; }
+	MGDATA_STORAGE="$${MGDATA_STORAGE:-file://$(CURDIR)/demo/store}" MGDATA_CATALOG="$(CURDIR)/demo/mirror/catalog.yaml" \
+	  scripts/airflow-env.sh airflow standalone
 
 lint: venv
 	$(VENV)/bin/ruff check dags include plugins tests bench scripts

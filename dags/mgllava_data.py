@@ -15,7 +15,8 @@ writes the ready-to-train verdict (per path prefix) into the report; `check_sour
 failed, so the run's colour tells the truth while the report still covers everything that succeeded.
 
 Settings come from `MGDATA_STORAGE`, `MGDATA_S3_CONN_ID`, `MGDATA_CATALOG`, `MGDATA_LAYOUT_DIR`; the params below
-override them per run. Hugging Face sources
+override them per run. Runs start only when triggered, unless `MGDATA_SCHEDULE` (read at parse time, e.g. `@weekly`)
+enables the scheduled refresh of every enabled source. Hugging Face sources
 take their token from the Airflow connection named by `MGDATA_HF_CONN_ID` (its password; else `HF_TOKEN`) and honour
 `HF_ENDPOINT`.
 """
@@ -47,6 +48,10 @@ NETWORK_RETRIES = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
 }
+
+# Manual runs only, unless the operator enables the refresh: a scheduled run ingests every enabled source (about
+# 250 GB the first time), so it must never start because a DAG was unpaused.
+SCHEDULE = os.environ.get("MGDATA_SCHEDULE", "").strip() or None
 
 CORPUS = Asset(name="mgllava_data.corpus", uri="mgdata://corpus")
 
@@ -193,7 +198,7 @@ def source_group(name: str, kind: str, title: str):
 @dag(
     dag_id="mgllava_data",
     doc_md=__doc__,
-    schedule="@weekly",
+    schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,

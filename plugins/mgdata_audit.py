@@ -36,7 +36,12 @@ TEMPLATES = Environment(
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:+\-]+$")
 # Tableau-10: distinguishable, and readable on white.
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
-PALETTE += ["#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf"]
+PALETTE += ["#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2"]
+# What the ready-to-train verdict of a run covers: `verify` checks the training JSONs against the whole store.
+VERDICT_SCOPE = (
+    "The verdict covers the whole store as of the end of this run: every training JSON against every source's latest "
+    "successful ingest, not only the sources of this run."
+)
 
 
 # ------------------------------------------------------------------------------------------------ authentication
@@ -109,6 +114,13 @@ def run_summary(report: dict) -> dict:
     }
     totals = report.get("totals") or {}
     rt = report.get("ready_to_train") or {}
+    verdict = "ready" if rt.get("ready") else "not ready" if rt.get("checked") else "not checked"
+    failed = report.get("failed_sources") or []
+    scope = VERDICT_SCOPE
+    if failed:
+        scope += f" This run failed ({', '.join(failed)}): for those, the store holds their last successful ingest."
+    # A ready store after a failed run is not "this run is fine": never the plain green badge.
+    caveat = verdict == "ready" and report.get("status") == "failed"
     return {
         "run_id": report["run_id"],
         "status": report.get("status"),
@@ -119,12 +131,16 @@ def run_summary(report: dict) -> dict:
         "sources_skipped": sum(1 for s in sources.values() if s.get("status") == "skipped"),
         "images": (totals.get("images_ok") or 0) + (totals.get("images_normalized") or 0),
         "invalid": totals.get("images_invalid") or 0,
+        "missing": sum(s.get("images_missing") or 0 for s in sources.values()),
         "bytes": _mb(totals.get("bytes_fetched")),
         "files_fetched": totals.get("files_fetched") or 0,
         "quarantined": report.get("quarantine_total") or 0,
         "diff": diff,
-        "ready": "ready" if rt.get("ready") else "not ready" if rt.get("checked") else "not checked",
+        "ready": verdict,
+        "ready_label": "store ready, run failed" if caveat else verdict,
+        "ready_badge": "caveat" if caveat else verdict.replace(" ", "-"),
         "ready_note": rt.get("note") or "",
+        "ready_scope": scope,
     }
 
 
@@ -139,10 +155,20 @@ def load_reports(store, limit: int = RUNS_LISTED) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ charts
 
 
-def stacked_columns(title: str, columns: list[str], series: dict[str, list[float]], unit: str) -> str:
-    """An inline SVG of stacked columns: one column per run (oldest left), one colour per source, with a legend."""
-    width, height, left, bottom, top = 720, 260, 64, 56, 28
-    plot_w, plot_h = width - left - 170, height - bottom - top
+def stacked_columns(
+    title: str,
+    columns: list[str],
+    series: dict[str, list[float]],
+    unit: str,
+    *,
+    tips: list[str] | None = None,
+) -> str:
+    """An inline SVG of stacked columns: one column per run (in the order given, oldest left) labelled `columns`,
+    one colour per source, with a legend as tall as it needs; `tips` name each column in its tooltips."""
+    tips = tips or columns
+    width, left, bottom, top, legend_row = 720, 64, 74, 28, 15
+    plot_w, plot_h = width - left - 170, 176
+    height = max(top + plot_h + bottom, top + len(series) * legend_row + 8)
     peak = max([sum(v[i] for v in series.values()) for i in range(len(columns))] + [0]) or 1
     step = plot_w / max(len(columns), 1)
     e = html.escape
@@ -153,6 +179,8 @@ def stacked_columns(title: str, columns: list[str], series: dict[str, list[float
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
         f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" class="tick">{_human(peak)}{unit}</text>',
         f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" class="tick">0</text>',
+        f'<text x="{left + plot_w}" y="{top + plot_h + bottom - 4}" text-anchor="end" class="axis">'
+        "runs by finish time (UTC), oldest left</text>",
     ]
     for i, label in enumerate(columns):
         y = top + plot_h
@@ -163,15 +191,16 @@ def stacked_columns(title: str, columns: list[str], series: dict[str, list[float
             y -= h
             parts.append(
                 f'<rect x="{left + i * step + step * 0.15:.1f}" y="{y:.1f}" width="{step * 0.7:.1f}" '
-                f'height="{h:.1f}" fill="{PALETTE[j % len(PALETTE)]}"><title>{e(label)} · {e(name)}: '
+                f'height="{h:.1f}" fill="{PALETTE[j % len(PALETTE)]}"><title>{e(tips[i])} · {e(name)}: '
                 f"{_human(values[i])}{unit}</title></rect>"
             )
+        x, y = left + (i + 0.5) * step, top + plot_h + 12
         parts.append(
-            f'<text x="{left + (i + 0.5) * step:.1f}" y="{top + plot_h + 14}" text-anchor="middle" '
-            f'class="tick">{e(_short_run(label))}</text>'
+            f'<text x="{x:.1f}" y="{y}" text-anchor="end" transform="rotate(-30 {x:.1f} {y})" '
+            f'class="tick run-label"><title>{e(tips[i])}</title>{e(label)}</text>'
         )
     for j, name in enumerate(series):
-        y = top + j * 15
+        y = top + j * legend_row
         parts.append(
             f'<rect x="{width - 160}" y="{y}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
             f'<text x="{width - 146}" y="{y + 9}" class="legend">{e(name)}</text>'
@@ -186,7 +215,7 @@ def horizontal_bars(title: str, rows: dict[str, list[float]], stack: list[str], 
     height = top + row_h * max(len(rows), 1) + 10
     plot_w = width - left - 90
     peak = max([sum(v) for v in rows.values()] + [0]) or 1
-    colours = ["#59a14f", "#edc948", "#e15759", "#4e79a7"]
+    colours = ["#59a14f", "#edc948", "#e15759", "#94a3b8"]
     e = html.escape
     parts = [
         f'<svg class="chart" role="img" aria-label="{e(title)}" viewBox="0 0 {width} {height}" '
@@ -222,17 +251,21 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _short_run(run_id: str) -> str:
-    """`scheduled__2026-11-23T00:00:00+00:00` → `11-23 00:00`, short enough to sit under a column."""
-    m = re.search(r"\d{4}-(\d\d-\d\dT\d\d:\d\d)", run_id)
-    return m.group(1).replace("T", " ") if m else run_id[:12]
+def _finish_labels(runs: list[dict]) -> list[str]:
+    """`2026-12-01T15:11:17+00:00` → `12-01 15:11`: when each run finished, short enough to sit under a column (with
+    the seconds when two runs finished in the same minute)."""
+    labels = [(r.get("finished") or "")[5:16].replace("T", " ") or "unfinished" for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [(r.get("finished") or "")[5:19].replace("T", " ") or "unfinished" for r in runs]
+    return labels
 
 
 def run_charts(reports: list[dict]) -> list[str]:
-    """Images (usable) and bytes fetched per source, per run, over the latest runs."""
-    runs = list(reversed(reports[:CHART_RUNS]))
+    """Images (usable) and bytes fetched per source, per run, over the latest runs, ordered by finish time."""
+    runs = sorted(reports, key=lambda r: r.get("finished") or "", reverse=True)[:CHART_RUNS][::-1]
     names = sorted({n for r in runs for n, s in (r.get("sources") or {}).items() if s.get("status") == "ok"})
-    labels = [r["run_id"] for r in runs]
+    labels = _finish_labels(runs)
+    tips = [f"{r['run_id']}, finished {label} UTC" for r, label in zip(runs, labels, strict=True)]
 
     def per_source(key) -> dict[str, list[float]]:
         return {n: [key((r.get("sources") or {}).get(n) or {}) for r in runs] for n in names}
@@ -240,20 +273,22 @@ def run_charts(reports: list[dict]) -> list[str]:
     images = per_source(lambda s: (s.get("images_ok") or 0) + (s.get("images_normalized") or 0))
     fetched = per_source(lambda s: (s.get("bytes_fetched") or 0) / 1e6)
     return [
-        stacked_columns("Usable images per source, per run", labels, images, ""),
-        stacked_columns("Bytes fetched per source, per run", labels, fetched, " MB"),
+        stacked_columns("Usable images per source, per run", labels, images, "", tips=tips),
+        stacked_columns("Bytes fetched per source, per run", labels, fetched, " MB", tips=tips),
     ]
 
 
 def source_charts(report: dict) -> list[str]:
     sources = {n: s for n, s in (report.get("sources") or {}).items() if s.get("status") == "ok"}
     images = {
-        n: [s.get("images_ok") or 0, s.get("images_normalized") or 0, s.get("images_invalid") or 0]
+        n: [s.get(f"images_{k}") or 0 for k in ("ok", "normalized", "invalid", "missing")]
         for n, s in sources.items()
     }
     fetched = {n: [(s.get("bytes_fetched") or 0) / 1e6] for n, s in sources.items()}
     return [
-        horizontal_bars("Images per source", images, ["ok", "normalized", "invalid"], ""),
+        horizontal_bars(
+            "Images per source", images, ["ok", "normalized", "invalid", "missing (dead URL)"], ""
+        ),
         horizontal_bars("Bytes fetched per source", fetched, ["fetched"], " MB"),
     ]
 
@@ -277,6 +312,7 @@ def index(request: Request) -> str:
         quote=quote,
         airflow=_airflow_root(request),
         dag_id=DAG_ID,
+        scope=VERDICT_SCOPE,
     )
 
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The offline demo: build the sample mirror, serve it on loopback, run the whole DAG with `airflow dags test` on the
 # embedded defaults (SQLite, a local-folder store), then say where the report and the data/ tree are.
-# Honours MGDATA_STORAGE and MGDATA_LAYOUT_DIR when set.
+# Honours MGDATA_STORAGE and MGDATA_LAYOUT_DIR when set. Airflow's home is the one `make ui` uses (scripts/airflow-env.sh),
+# so the demo's runs open in the UI: `make ui-demo` shows them with the demo's store on the audit page.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 demo="$root/demo"
 py="$root/.venv/bin/python"
 mkdir -p "$demo"
-export AIRFLOW_HOME="${AIRFLOW_HOME:-$demo/airflow}"
 export MGDATA_STORAGE="${MGDATA_STORAGE:-file://$demo/store}"
 export MGDATA_LAYOUT_DIR="${MGDATA_LAYOUT_DIR:-$demo/data}"
 export MGDATA_CATALOG="$demo/mirror/catalog.yaml"
@@ -15,14 +15,29 @@ export MGDATA_RETRY_DELAY_SECONDS="${MGDATA_RETRY_DELAY_SECONDS:-2}"
 
 start=$(date +%s)
 "$py" -m mgdata.mirror build "$demo/mirror" --images "${MGDATA_DEMO_IMAGES:-200}"
-rm -f "$demo/mirror.ready"
-"$py" -m mgdata.mirror serve "$demo/mirror" --port 0 --catalog-out "$MGDATA_CATALOG" --ready-file "$demo/mirror.ready" \
-  >"$demo/mirror.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -s "$demo/mirror.ready" ] && break; sleep 0.1; done
-[ -s "$demo/mirror.ready" ] || { echo "the sample mirror did not start; see $demo/mirror.log"; exit 1; }
-echo "sample mirror at $(cat "$demo/mirror.ready")"
+# The mirror's address is part of what it serves (OCR-VQA's dataset.json lists cover URLs on it), so the demo asks for
+# the port of its last run (MGDATA_DEMO_PORT overrides); only when that port is taken does it take any free one.
+server=
+trap '[ -z "$server" ] || kill $server 2>/dev/null || true' EXIT
+start_mirror() {
+  rm -f "$demo/mirror.ready"
+  "$py" -m mgdata.mirror serve "$demo/mirror" --port "$1" --catalog-out "$MGDATA_CATALOG" \
+    --ready-file "$demo/mirror.ready" >"$demo/mirror.log" 2>&1 &
+  server=$!
+  for _ in $(seq 100); do
+    [ -s "$demo/mirror.ready" ] && return 0
+    kill -0 "$server" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  kill "$server" 2>/dev/null || true
+  return 1
+}
+port="${MGDATA_DEMO_PORT:-$(cat "$demo/mirror.port" 2>/dev/null || echo 0)}"
+start_mirror "$port" || { [ "$port" != 0 ] && start_mirror 0; } \
+  || { echo "the sample mirror did not start; see $demo/mirror.log"; exit 1; }
+base="$(cat "$demo/mirror.ready")"
+echo "${base##*:}" >"$demo/mirror.port"
+echo "sample mirror at $base"
 # The Hub stand-in answers on the same server; the generated catalog already names it as each Hub mirror's endpoint,
 # and HF_ENDPOINT covers Hub mirrors it does not name.
 export HF_ENDPOINT="$(cat "$demo/mirror.ready")"
@@ -47,6 +62,7 @@ print(f"\n{report['ready_to_train'].get('note', 'ready to train: not checked')}"
 print(f"\nreport: {store.describe(runs[-1])}\n        {store.describe(runs[-1].replace('.json', '.html'))}")
 print(f"data/:  {os.environ.get('MGDATA_LAYOUT_DIR') or 'not materialised'}")
 print(f"log:    $demo/dags-test.log")
+print("UI:     make ui-demo (Airflow and the audit page on this store; same Airflow home as make ui)")
 PY
 echo "demo wall time: $(( $(date +%s) - start )) s"
 exit $status

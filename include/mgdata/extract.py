@@ -71,6 +71,8 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
             )
             dead = {path for path, status in rows if status not in manifest.USABLE}
             items = [(i, u) for i, u in items if f"{f.target}/{i}.jpg" in dead]
+        elif not run.force:
+            items = _carry_over(store, source, f, items)
         chunks = url_shards(items, max_shards=d.max_shards)
         specs = [{"file": f.name, "archive": "urllist", "retry": retry_dead, "items": c} for c in chunks]
         log.info(
@@ -117,6 +119,32 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
     for i, spec in enumerate(specs):
         store.put_bytes(run.work_key(source, f.name, f"{prefix}{i:05d}.json"), json.dumps(spec).encode())
     return [f"{f.name}/{prefix}{i:05d}" for i in range(len(specs))]
+
+
+def _carry_over(store, source: str, f: RemoteFile, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A new URL list (its file changed): an id whose last row is usable and whose URL still names the same object
+    (same path and query; the host may have moved, as when a mirror comes up elsewhere) keeps its row and image, in a
+    part of their own; the other ids are returned, to be fetched."""
+    from urllib.parse import urlsplit
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = manifest.read_table(store, manifest.source_key(source))
+    if table is None:
+        return items
+    last = dict(zip(*(manifest.usable(table)[c].to_pylist() for c in ("path", "origin")), strict=True))
+
+    def same_object(old: str | None, new: str) -> bool:
+        a, b = urlsplit(old or ""), urlsplit(new)
+        return a.scheme in ("http", "https") and (a.path, a.query) == (b.path, b.query)
+
+    kept = {f"{f.target}/{i}.jpg" for i, u in items if same_object(last.get(f"{f.target}/{i}.jpg"), u)}
+    if kept:
+        carried = table.filter(pc.is_in(table["path"], value_set=pa.array(sorted(kept))))
+        manifest.write_table(store, f"{manifest.parts_prefix(source, f.name)}carried.parquet", carried)
+        log.info("%s/%s: %d images kept (same URL, or moved to another host only)", source, f.name, len(kept))
+    return [(i, u) for i, u in items if f"{f.target}/{i}.jpg" not in kept]
 
 
 def extract(run: Run, source: str, shard_id: str) -> dict:

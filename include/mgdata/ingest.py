@@ -68,9 +68,9 @@ def extract_fingerprint(f: RemoteFile) -> str:
 def plan_source(run: Run, source: str) -> list[dict]:
     """Decide, per remote file, whether to fetch and whether to extract; return the files to fetch.
 
-    A file is fetched again only when it is new, its catalog entry changed (for a file with a pinned checksum: the pin,
-    not the mirrors), its stored copy is missing, `force` is set, or (for files without a pinned checksum) the
-    server's ETag / Last-Modified / size moved. Nothing changed means nothing fetched.
+    A file is fetched again only when it is new, its catalog entry changed (the pin or the size, not the mirrors), its
+    stored copy is missing, `force` is set, or (for files without a pinned checksum) the server's ETag, else
+    Last-Modified and size, moved, asked where the catalog now points. Nothing changed means nothing fetched.
     """
     src = run.source(source)
     store = run.store
@@ -213,9 +213,14 @@ def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool,
     fetched = rec.get("fetch")
     if why := _copy_needed(run, source, f, fetched):
         return True, why
-    if fetched.get("fingerprint") not in (fetch_fingerprint(f), fetch_fingerprint(f, endpoints=True)):
-        if not _pinned_and_held(f, fetched):
+    same_entry = fetched.get("fingerprint") in (fetch_fingerprint(f), fetch_fingerprint(f, endpoints=True))
+    if not same_entry and not _pinned_and_held(f, fetched):
+        if f.checksums or f.size not in (None, fetched.get("size")):
             return True, "catalog entry changed"
+        # Nothing pins the bytes and only where they come from changed (mirrors added, dropped, moved): the upstream's
+        # own metadata at the new place (ETag, else Last-Modified and size) says whether they are the same bytes.
+        fetch, reason = _remote_moved(f, fetched)
+        return fetch, f"mirrors changed; {reason}"
     if "sha256" in f.checksums or "md5" in f.checksums or "sha1" in f.checksums:
         return False, "unchanged (pinned checksum verified)"
     return _remote_moved(f, fetched)
@@ -224,12 +229,18 @@ def _needs_fetch(run: Run, source: str, f: RemoteFile, rec: dict) -> tuple[bool,
 def _remote_moved(f: RemoteFile, fetched: dict) -> tuple[bool, str]:
     from mgdata.fetch import FetchError, probe_mirror
 
-    mirror = next((m for m in f.mirrors if m.describe() == fetched.get("mirror")), f.mirrors[0])
-    try:
-        info = probe_mirror(mirror)
-    except FetchError as e:
+    # The mirror it came from; when the catalog no longer names it, the first of the catalog's mirrors that answers.
+    candidates = [m for m in f.mirrors if m.describe() == fetched.get("mirror")] or list(f.mirrors)
+    errors = []
+    for mirror in candidates:
+        try:
+            info = probe_mirror(mirror)
+            break
+        except FetchError as e:
+            errors.append(str(e))
+    else:
         # A scheduled refresh must not destroy a verified copy because the upstream is down for a day.
-        return False, f"kept: upstream unreachable ({e})"
+        return False, f"kept: upstream unreachable ({'; '.join(errors)})"
     if info.etag and fetched.get("etag"):
         moved = info.etag != fetched["etag"]
     else:

@@ -8,7 +8,6 @@ tasks recorded, else "did not finish". That is why the report covers every sourc
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 
 import pyarrow.compute as pc
@@ -169,6 +168,27 @@ def _paths_html(sources: dict) -> str:
     )
 
 
+LAYOUT_COLUMNS = ("files", "linked", "copied", "downloaded", "unchanged", "removed")
+
+
+def _layout_html(layout: dict | None) -> str:
+    """The materialised trees (`data/`, and `annotations/` beside it): where, and how each file got there."""
+    if not layout:
+        return "<p>not materialised (set MGDATA_LAYOUT_DIR)</p>"
+    e = html.escape
+    trees = [("data/", layout)]
+    if layout.get("annotations"):
+        trees.append(("annotations/", layout["annotations"]))
+    head = "".join(f"<th>{c}</th>" for c in LAYOUT_COLUMNS)
+    rows = "".join(
+        f"<tr><td>{name}</td><td><code>{e(str(tree.get('root') or ''))}</code></td>"
+        + "".join(f"<td class='num'>{tree.get(c) or 0:,}</td>" for c in LAYOUT_COLUMNS)
+        + "</tr>"
+        for name, tree in trees
+    )
+    return f"<table id='layout'><tr><th>tree</th><th>root</th>{head}</tr>{rows}</table>"
+
+
 def render_html(report: dict) -> str:
     e = html.escape
     rows = []
@@ -191,7 +211,7 @@ def render_html(report: dict) -> str:
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
-th {{ background: #f3f3f3; }} tr.failed td {{ background: #fde8e8; }} tr.skipped td {{ color: #888; }}
+th {{ background: #f3f3f3; }} td.num {{ text-align: right; }} tr.failed td {{ background: #fde8e8; }} tr.skipped td {{ color: #888; }}
 .status-success {{ color: #17803d; }} .status-failed {{ color: #b91c1c; }}
 </style></head><body>
 <h1>mgllava_data run <code>{e(report["run_id"])}</code></h1>
@@ -206,7 +226,7 @@ th {{ background: #f3f3f3; }} tr.failed td {{ background: #fde8e8; }} tr.skipped
 <h2>Ready to train</h2>
 {_ready_html(report.get("ready_to_train") or {})}
 <h2>data/ layout</h2>
-<p>{e(json.dumps(layout)) if layout else "not materialised (set MGDATA_LAYOUT_DIR)"}</p>
+{_layout_html(layout)}
 <h2>Quarantine ({report["quarantine_total"]:,})</h2>
 <table><tr><th>source</th><th>path</th><th>reason</th></tr>{quarantine}</table>
 </body></html>

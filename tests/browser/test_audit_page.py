@@ -1,6 +1,8 @@
 """The audit page in a real browser: Debian's headless Chromium (driven by chromedriver) against the api-server app
-served over loopback, signed in with the UI's `_token` cookie. Checks the run list, a chart and a quarantined file,
-and leaves one screenshot per page in the test's temporary folder (the path is printed).
+served over loopback, signed in with the UI's `_token` cookie. Checks the run list, a chart and a quarantined file;
+that the charts' legends are whole and their run axis follows finish time; that dead URLs (`images_missing`) show;
+and that the ready-to-train verdict says what it covers (a failed run never wears the green "ready" badge). Leaves
+one screenshot per page in the test's temporary folder (the path is printed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from urllib.parse import quote
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the shared run fixtures
-from audit_runs import QUARANTINED, RUN_1, RUN_2, api_server_app, make_runs  # noqa: E402
+from audit_runs import (  # noqa: E402
+    DEAD_COVERS,
+    QUARANTINED,
+    RUN_1,
+    RUN_2,
+    RUN_3,
+    api_server_app,
+    make_failed_ready_run,
+    make_runs,
+)
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -39,11 +50,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`create_app()` (what `airflow api-server` serves) under uvicorn on loopback, reading a store of two runs."""
+    """`create_app()` (what `airflow api-server` serves) under uvicorn on loopback, reading a store of three runs."""
     import uvicorn
 
     store = (tmp_path_factory.mktemp("audit") / "store").as_uri()
     make_runs(store)
+    make_failed_ready_run(store)
     with api_server_app(store, "audit-browser-secret") as app:
         port = _free_port()
         uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -87,14 +99,14 @@ def test_audit_page_in_chromium(server, browser, tmp_path):
     browser.add_cookie({"name": "_token", "value": token, "path": "/"})
     browser.get(f"{server}/mgdata-audit/")
     rows = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")
-    assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == [RUN_2, RUN_1]
+    assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == [RUN_3, RUN_2, RUN_1]
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) == 2 and all(c.size["width"] > 300 and c.size["height"] > 150 for c in charts)
     bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
     assert any(b.size["height"] > 20 for b in bars), "the charts draw visible columns"
     browser.save_screenshot(str(tmp_path / "audit-runs.png"))
 
-    rows[1].find_element(By.TAG_NAME, "a").click()
+    rows[2].find_element(By.TAG_NAME, "a").click()
     assert browser.current_url == f"{server}/mgdata-audit/runs/{quote(RUN_1, safe='')}"
     quarantine = browser.find_element(By.ID, "quarantine").text
     assert QUARANTINED in quarantine and "truncated image" in quarantine
@@ -103,3 +115,113 @@ def test_audit_page_in_chromium(server, browser, tmp_path):
     assert "sam/images" in browser.find_element(By.ID, "prefixes").text
     browser.save_screenshot(str(tmp_path / "audit-run.png"))
     print(f"screenshots: {tmp_path}/audit-runs.png, {tmp_path}/audit-run.png")
+
+
+@pytest.fixture
+def signed_in(server, browser):
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    browser.get(f"{server}/mgdata-audit/")
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="bob", role="viewer"))
+    browser.add_cookie({"name": "_token", "value": token, "path": "/"})
+    return browser
+
+
+def _box(browser, element) -> dict:
+    return browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect(); return r.toJSON();", element
+    )
+
+
+def _column(browser, row, header: str) -> str:
+    """The text of `row`'s cell under the column headed `header` (first line of the header)."""
+    from selenium.webdriver.common.by import By
+
+    headers = [h.text.splitlines()[0] for h in browser.find_elements(By.CSS_SELECTOR, "#runs th")]
+    return row.find_elements(By.TAG_NAME, "td")[headers.index(header)].text
+
+
+def test_charts_show_every_source_and_order_runs_by_finish_time(server, signed_in, tmp_path):
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from mgdata.catalog import SHIPPED_CATALOG, load_catalog
+
+    browser = signed_in
+    browser.get(f"{server}/mgdata-audit/")
+    browser.save_screenshot(str(tmp_path / "audit-charts.png"))
+    print(f"screenshot: {tmp_path}/audit-charts.png")
+    store = browser.find_element(By.CSS_SELECTOR, "p.muted code").text
+    from mgdata.storage import open_store
+
+    reports = {
+        r: json.loads(open_store(store).read_bytes(f"runs/{r}/report.json")) for r in (RUN_1, RUN_2, RUN_3)
+    }
+    by_finish = sorted(reports, key=lambda r: reports[r]["finished"])
+    # The fixture: run 3 finished last, although its logical date (11-20) is earlier than run 2's (11-23).
+    assert by_finish[-1] == RUN_3 and "2026-11-20" in RUN_3 and "2026-11-23" in RUN_2
+
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 2
+    sources = set(load_catalog(SHIPPED_CATALOG).sources)
+    for chart in charts:
+        frame = _box(browser, chart)
+        legend = chart.find_elements(By.CSS_SELECTOR, "text.legend")
+        assert {t.text for t in legend} == sources, "every source with images has its legend entry"
+        for entry in legend:
+            box = _box(browser, entry)
+            assert frame["top"] <= box["top"] and box["bottom"] <= frame["bottom"], f"{entry.text} is clipped"
+            assert box["right"] <= frame["right"], f"{entry.text} is clipped"
+        # Columns left to right in finish order, each labelled with its finish time (not its run id's date).
+        labels = chart.find_elements(By.CSS_SELECTOR, "text.run-label")
+        tips = [
+            t.get_attribute("textContent")
+            for t in chart.find_elements(By.CSS_SELECTOR, "text.run-label title")
+        ]
+        assert [next(r for r in reports if t.startswith(r)) for t in tips] == by_finish
+        xs = [_box(browser, t)["right"] for t in labels]
+        assert xs == sorted(xs)
+        for label, run in zip(labels, by_finish, strict=True):
+            finished = reports[run]["finished"]
+            assert label.text in (
+                finished[5:16].replace("T", " "),
+                finished[5:19].replace("T", " "),
+            )
+        assert "11-20" not in labels[-1].text
+        assert "finish time" in chart.find_element(By.CSS_SELECTOR, "text.axis").text
+
+
+def test_dead_urls_and_the_verdicts_scope_show(server, signed_in, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser = signed_in
+    browser.get(f"{server}/mgdata-audit/")
+    rows = {
+        r.find_element(By.TAG_NAME, "a").text: r
+        for r in browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")
+    }
+    assert _column(browser, rows[RUN_3], "missing") == str(DEAD_COVERS)
+    assert _column(browser, rows[RUN_2], "missing") == "0"
+    assert "whole store" in browser.find_element(By.CSS_SELECTOR, "#runs tr").text
+    # Run 3 failed over a store that is ready: said so, never in the plain green "ready" badge.
+    badge = rows[RUN_3].find_elements(By.CSS_SELECTOR, ".badge")[-1]
+    assert badge.text == "store ready, run failed" and "ready" not in badge.get_attribute("class").split()
+    assert badge.value_of_css_property("background-color") != "rgba(220, 252, 231, 1)"
+    assert "whole store" in badge.get_attribute("title") and "gqa" in badge.get_attribute("title")
+    assert rows[RUN_2].find_elements(By.CSS_SELECTOR, ".badge")[-1].text == "not ready"
+
+    rows[RUN_3].find_element(By.TAG_NAME, "a").click()
+    verdict = browser.find_element(By.ID, "verdict")
+    assert verdict.text == "store ready, run failed" and "caveat" in verdict.get_attribute("class")
+    scope = browser.find_element(By.ID, "verdict-scope").text
+    assert "whole store as of the end of this run" in scope and "This run failed (gqa)" in scope
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#sources th")]
+    ocr = next(
+        r for r in browser.find_elements(By.CSS_SELECTOR, "#sources tr") if r.text.startswith("ocr_vqa")
+    )
+    assert ocr.find_elements(By.TAG_NAME, "td")[headers.index("missing")].text == str(DEAD_COVERS)
+    assert "missing (dead URL)" in browser.find_element(By.CSS_SELECTOR, "svg.chart").text
+    browser.save_screenshot(str(tmp_path / "audit-run3.png"))
+    print(f"screenshot: {tmp_path}/audit-run3.png")

@@ -41,6 +41,7 @@ class Endpoints:
     database: str  # SQLAlchemy URL of the metadata database (PostgreSQL)
     broker: str  # Redis URL of the Celery broker
     execution_api: str  # the api-server's Execution API, which workers call (ends in /execution/)
+    api_base_url: str  # where browsers reach the api-server ([api] base_url: login redirects, links)
     s3_endpoint: str  # S3 API of MinIO (compose) or moto (test)
     s3_login: str
     s3_password: str
@@ -81,11 +82,14 @@ def airflow_environment(endpoints: Endpoints) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": endpoints.jwt_secret,
         "AIRFLOW__API__SECRET_KEY": endpoints.api_secret_key,
         "AIRFLOW__CORE__FERNET_KEY": endpoints.fernet_key,
+        "AIRFLOW__API__BASE_URL": endpoints.api_base_url,
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "true",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{endpoints.admin_user}:{ADMIN_ROLE}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": endpoints.passwords_file,
         "MGDATA_STORAGE": STORAGE,
         "MGDATA_S3_CONN_ID": S3_CONN_ID,
+        # Manual runs only: a schedule would start a full refresh of every source as soon as the DAG is unpaused.
+        "MGDATA_SCHEDULE": "",
         f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(s3_connection(endpoints)),
     }

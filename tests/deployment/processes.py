@@ -1,5 +1,6 @@
 """Run the production deployment on this machine, without Docker: real processes, real services, clean teardown.
 
+`Services` says where PostgreSQL and Redis are (`MGDATA_TEST_*` settings) and checks them, naming what is missing.
 `Deployment` creates a throwaway PostgreSQL database (metadata DB and Celery result backend), migrates it, imports the
 pools, writes the SimpleAuthManager passwords, then starts `airflow api-server`, `scheduler`, `dag-processor`,
 `triggerer` and Celery workers with the settings of `deployment_env` (the ones docker-compose.yaml uses), the broker
@@ -23,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg2
 import redis
@@ -32,10 +34,111 @@ from deployment_env import COMPONENTS, POOLS_FILE, Endpoints, airflow_environmen
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 11
 MARKER = "MGDATA_DEPLOYMENT_ID"  # in every started process's environment, to find stragglers at teardown
 ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Services:
+    """The PostgreSQL and Redis the deployment test runs on, from `MGDATA_TEST_*` settings (defaults: a local
+    PostgreSQL whose role `postgres` needs no password and may create databases, a local Redis without password)."""
+
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = "postgres"
+    pg_password: str = ""
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 11
+    redis_password: str = ""
+
+    SETTINGS = {
+        "pg_host": "MGDATA_TEST_PG_HOST",
+        "pg_port": "MGDATA_TEST_PG_PORT",
+        "pg_user": "MGDATA_TEST_PG_USER",
+        "pg_password": "MGDATA_TEST_PG_PASSWORD",
+        "redis_host": "MGDATA_TEST_REDIS_HOST",
+        "redis_port": "MGDATA_TEST_REDIS_PORT",
+        "redis_db": "MGDATA_TEST_REDIS_DB",
+        "redis_password": "MGDATA_TEST_REDIS_PASSWORD",
+    }
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Services:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, setting in cls.SETTINGS.items():
+            if setting in environ:
+                kind = type(getattr(cls, name))
+                try:
+                    values[name] = kind(environ[setting])
+                except ValueError:
+                    raise ValueError(f"{setting}={environ[setting]!r} is not a {kind.__name__}") from None
+        return cls(**values)
+
+    def postgres(self, dbname: str = "postgres") -> dict:
+        """psycopg2.connect() arguments."""
+        return {
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "user": self.pg_user,
+            "password": self.pg_password or None,
+            "dbname": dbname,
+            "connect_timeout": 10,
+        }
+
+    def database_url(self, dbname: str) -> str:
+        auth = quote(self.pg_user, safe="") + (
+            f":{quote(self.pg_password, safe='')}" if self.pg_password else ""
+        )
+        return f"postgresql+psycopg2://{auth}@{self.pg_host}:{self.pg_port}/{dbname}"
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(
+            host=self.redis_host,
+            port=self.redis_port,
+            db=self.redis_db,
+            password=self.redis_password or None,
+            socket_timeout=10,
+        )
+
+    def broker_url(self) -> str:
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def check(self) -> None:
+        """Raise `MissingPrerequisite` naming what is missing and the settings that point at it."""
+        pg = f"PostgreSQL at {self.pg_host}:{self.pg_port} as role {self.pg_user!r}"
+        pg_settings = "MGDATA_TEST_PG_HOST, MGDATA_TEST_PG_PORT, MGDATA_TEST_PG_USER, MGDATA_TEST_PG_PASSWORD"
+        try:
+            with contextlib.closing(psycopg2.connect(**self.postgres())) as conn, conn.cursor() as cur:
+                cur.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+                row = cur.fetchone()
+        except psycopg2.Error as e:
+            reason = (
+                " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+            )
+            raise MissingPrerequisite(f"{pg} is not reachable ({reason}); set {pg_settings}") from None
+        if not row or not row[0]:
+            raise MissingPrerequisite(
+                f"{pg} may not create databases (the test creates and drops a throwaway one): "
+                f"ALTER ROLE {self.pg_user} CREATEDB, or set {pg_settings}"
+            )
+        where = f"Redis at {self.redis_host}:{self.redis_port} (DB {self.redis_db})"
+        client = self.redis()
+        try:
+            client.ping()
+        except redis.RedisError as e:
+            raise MissingPrerequisite(
+                f"{where} is not usable ({e}); set MGDATA_TEST_REDIS_HOST, MGDATA_TEST_REDIS_PORT, "
+                "MGDATA_TEST_REDIS_DB, MGDATA_TEST_REDIS_PASSWORD"
+            ) from None
+        finally:
+            client.close()
+
+
+class MissingPrerequisite(RuntimeError):
+    """A service the deployment test needs is not there; the message says which and how to point at another."""
 
 
 def _celery_ready(log: Path, name: str) -> bool:
@@ -69,7 +172,9 @@ class Deployment:
         s3_password: str,
         workers: tuple[str, ...] = ("w1", "w2"),
         concurrency: int = 2,
+        services: Services | None = None,
     ):
+        self.services = services or Services.from_env()
         self.id = uuid.uuid4().hex[:12]
         self.workdir = workdir
         self.home = workdir / "airflow"
@@ -82,13 +187,14 @@ class Deployment:
         self.health_port = free_port()
         self.admin_password = secrets.token_urlsafe(16)
         self.endpoints = Endpoints(
-            database=f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{self.database}",
-            broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+            database=self.services.database_url(self.database),
+            broker=self.services.broker_url(),
             execution_api=f"http://127.0.0.1:{self.api_port}/execution/",
+            api_base_url=f"http://127.0.0.1:{self.api_port}",
             s3_endpoint=s3_endpoint,
             s3_login=s3_login,
             s3_password=s3_password,
-            jwt_secret=secrets.token_urlsafe(32),
+            jwt_secret=secrets.token_urlsafe(64),  # HS512 wants 64 bytes or more
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=Fernet.generate_key().decode(),
             admin_user=ADMIN,
@@ -119,8 +225,6 @@ class Deployment:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(self.health_port),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-                # Only the runs the test triggers: the weekly schedule would start a full run on unpause.
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 # Redis is shared with whatever else runs here: every Celery key gets this deployment's prefix.
                 "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": self.key_prefix,
@@ -137,7 +241,7 @@ class Deployment:
         """Database, schema, pools and the admin's password: what `airflow-init` does in compose."""
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.home / "auth").mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn:
+        with contextlib.closing(psycopg2.connect(**self.services.postgres())) as conn:
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{self.database}"')
@@ -186,12 +290,12 @@ class Deployment:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self._database_created:
-            with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn:
+            with contextlib.closing(psycopg2.connect(**self.services.postgres())) as conn:
                 conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
             self._database_created = False
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+        client = self.services.redis()
         keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
         if keys:
             client.delete(*keys)
@@ -210,14 +314,14 @@ class Deployment:
         return found
 
     def redis_keys(self) -> list[bytes]:
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+        client = self.services.redis()
         try:
             return list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
         finally:
             client.close()
 
     def database_exists(self) -> bool:
-        with contextlib.closing(psycopg2.connect(**POSTGRES)) as conn, conn.cursor() as cur:
+        with contextlib.closing(psycopg2.connect(**self.services.postgres())) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
             return cur.fetchone() is not None
 

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 from deployment_env import BUCKET, STORAGE
-from processes import Deployment
+from processes import Deployment, MissingPrerequisite, Services
 
 from mgdata.mirror.build import build_mirror, write_catalog
 from mgdata.mirror.server import MirrorServer
@@ -70,8 +70,18 @@ def s3():
 
 @pytest.fixture
 def deployment(tmp_path, mirror, s3):
+    services = Services.from_env()
+    try:
+        services.check()
+    except MissingPrerequisite as e:
+        pytest.fail(f"the deployment test's prerequisites (README, Development): {e}", pytrace=False)
     d = Deployment(
-        tmp_path, catalog=mirror.catalog, s3_endpoint=s3.endpoint, s3_login=S3_LOGIN, s3_password=S3_SECRET
+        tmp_path,
+        catalog=mirror.catalog,
+        s3_endpoint=s3.endpoint,
+        s3_login=S3_LOGIN,
+        s3_password=S3_SECRET,
+        services=services,
     )
     try:
         with tails_on_failure(d):

@@ -322,6 +322,61 @@ def test_airflow_services_share_secrets_and_mgdata_settings():
     assert "MGDATA_LAYOUT_DIR" not in reference
 
 
+def published_api_port(env: dict[str, str] | None = None) -> str:
+    """The host port the api-server is published on, with `env` as the .env file."""
+    (mapping,) = service("airflow-apiserver")["ports"]
+    host, container = interpolate(str(mapping), env).rsplit(":", 1)
+    assert container == "8080", mapping
+    return host
+
+
+@pytest.mark.parametrize("port", [None, "9090"])
+def test_api_base_url_follows_the_published_port(port):
+    """Login redirects and links go where browsers reach the api-server, also when AIRFLOW_API_PORT moves it."""
+    env = {"AIRFLOW_API_PORT": port} if port else {}
+    assert published_api_port(env) == (port or "8080")
+    for name in AIRFLOW_SERVICES:
+        base = interpolate(raw_env_of(name)["AIRFLOW__API__BASE_URL"], env)
+        assert base == f"http://localhost:{port or '8080'}", name
+
+
+def test_default_jwt_secret_is_long_enough_not_to_warn():
+    """Tokens are HS512 (Airflow's guess for a shared secret); PyJWT warns below 64 bytes."""
+    import warnings
+
+    import jwt
+
+    secret = env_of("airflow-apiserver")["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert len(secret.encode()) >= 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        token = jwt.encode({"sub": "admin"}, secret, algorithm="HS512")
+        assert jwt.decode(token, secret, algorithms=["HS512"])["sub"] == "admin"
+    with pytest.warns(jwt.warnings.InsecureKeyLengthWarning):  # the check is live: the old default warned
+        jwt.encode({"sub": "admin"}, "change-me", algorithm="HS512")
+
+
+def test_images_are_pinned_to_release_tags():
+    """A fresh `docker compose up` next year runs what was tested: no floating `latest`."""
+    images = {name: interpolate(str(svc["image"])) for name, svc in load_compose()["services"].items()}
+    for name, image in images.items():
+        if name.startswith("airflow-"):
+            continue  # built from ./Dockerfile (apache/airflow pinned there)
+        assert ":" in image and not image.endswith(":latest"), f"{name}: {image} is not pinned"
+    for name in ("minio", "minio-init"):
+        assert re.fullmatch(r"minio/(minio|mc):RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images[name]), (
+            images[name]
+        )
+
+
+def test_no_schedule_unless_the_operator_sets_one():
+    """Unpausing the DAG (the README does) must not start a full 250 GB run: MGDATA_SCHEDULE defaults to empty."""
+    for name in AIRFLOW_SERVICES:
+        assert env_of(name)["MGDATA_SCHEDULE"] == "", name
+        assert interpolate(raw_env_of(name)["MGDATA_SCHEDULE"], {"MGDATA_SCHEDULE": "@weekly"}) == "@weekly"
+    assert env_of("airflow-scheduler")["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "true"
+
+
 # --------------------------------------------------------------------------------------------------
 # MinIO and the mgdata_s3 connection
 
@@ -582,6 +637,7 @@ def compose_endpoints() -> Endpoints:
         database=f"postgresql+psycopg2://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres/{pg['POSTGRES_DB']}",
         broker="redis://:@redis:6379/0",
         execution_api="http://airflow-apiserver:8080/execution/",
+        api_base_url=f"http://localhost:{published_api_port()}",
         s3_endpoint="http://minio:9000",
         s3_login=minio["MINIO_ROOT_USER"],
         s3_password=minio["MINIO_ROOT_PASSWORD"],

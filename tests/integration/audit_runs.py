@@ -3,6 +3,9 @@
 Run 1: coco ingested (3 usable images, 1 quarantined), gqa failed, llava_pretrain skipped; one of the two required
 training JSONs is in the store, with a missing image, a `sam/` path no source provides and a sample without boxes.
 Run 2: an unchanged refresh of coco (nothing fetched, nothing changed) and gqa ingested.
+Run 3 (`make_failed_ready_run`, for the page's layout): a scheduled run whose logical date is earlier than run 2's but
+which finished last; every catalog source (a full chart legend), OCR-VQA with dead URLs, gqa failed again, and the
+store ready to train (from the earlier ingests): a failed run over a ready store.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from mgdata.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 RUN_1 = "scheduled__2026-11-16T00:00:00+00:00"
 RUN_2 = "manual__2026-11-23T09:30:00+00:00"
+RUN_3 = "scheduled__2026-11-20T00:00:00+00:00"
+DEAD_COVERS = 3  # OCR-VQA rows of run 3 whose URL was dead
 QUARANTINED = "coco/train2017/000000000666.jpg"
 PRETRAIN = "annotations/train_json/pretrain_blip_allava_1266k.json"
 PRETRAIN_BOXES = "annotations/bbox_json/train/pretrain_blip_allava_1266k_only_box.json"
@@ -48,6 +53,7 @@ def _summary(run: Run, source: str, rows: list[tuple[str, str]], *, fetched: int
             "images_ok": counts["ok"],
             "images_normalized": counts["normalized"],
             "images_invalid": counts["invalid"],
+            "images_missing": counts["missing"],
             "expected_images": len(rows),
             "diff": {k: len(v) for k, v in diff.items()},
             "diff_paths": diff,
@@ -115,6 +121,44 @@ def make_runs(store_url: str) -> list[str]:
     assemble_run(second, ["coco", "gqa"])
     verify_run(second)
     return [RUN_1, RUN_2]
+
+
+def make_failed_ready_run(store_url: str) -> str:
+    """Run 3, after `make_runs`: see the module docstring."""
+    settings = Settings(storage=store_url, catalog=str(SHIPPED_CATALOG))
+    time.sleep(1.1)  # finishes after run 2
+    run = Run(settings, RUN_3)
+    unchanged = {"added": [], "removed": [], "changed": []}
+    names = list(run.catalog.sources)
+    for name in names:
+        if name in ("coco", "gqa"):
+            continue
+        layout = run.source(name).layout
+        rows = [(f"{layout[0]}/{i}.jpg", "ok") for i in range(4)] if layout else []
+        if name == "ocr_vqa":
+            rows += [(f"{layout[0]}/dead{i}.jpg", "missing") for i in range(DEAD_COVERS)]
+        _summary(
+            run, name, rows, fetched=1_000_000, diff={**unchanged, "added": [p for p, _ in rows]}, since=None
+        )
+    coco = manifest.read_table(run.store, manifest.source_key("coco")).select(["path", "status"]).to_pylist()
+    _summary(run, "coco", [(r["path"], r["status"]) for r in coco], fetched=0, diff=unchanged, since=RUN_2)
+    record_failure(
+        run,
+        "gqa",
+        "fetch[images.zip]",
+        SourceFailed("gqa/images.zip: HTTP 503 from downloads.cs.stanford.edu"),
+    )
+    present = ["coco/train2017/000000000009.jpg", "gqa/images/1.jpg"]  # gqa's from run 2's ingest
+    for entry in run.catalog.training:
+        if entry.optional:
+            continue
+        samples = [{"id": f"s{i}", "image": p, "conversations": []} for i, p in enumerate(present)]
+        run.store.put_bytes(entry.json_key, json.dumps(samples).encode())
+        boxes = [{"id": f"s{i}", "boxes": [], "scores": [], "labels": []} for i in range(len(present))]
+        run.store.put_bytes(entry.boxes, json.dumps(boxes).encode())
+    assemble_run(run, names)
+    verify_run(run)
+    return RUN_3
 
 
 @contextmanager
