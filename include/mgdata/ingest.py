@@ -22,7 +22,7 @@ from functools import cached_property
 from mgdata import manifest
 from mgdata.catalog import Catalog, RemoteFile, Source
 from mgdata.settings import Settings
-from mgdata.storage import Store
+from mgdata.storage import Store, StoreError, check_key
 
 log = logging.getLogger("mgdata.ingest")
 
@@ -404,14 +404,36 @@ def ingest_source(run: Run, source: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------- finalize
 
 
+def finalize_journal_key(source: str) -> str:
+    return f"work/journal/{source}/finalize.json"
+
+
+def finalize_old_key(source: str) -> str:
+    return f"work/journal/{source}/old.parquet"
+
+
 def finalize_source(run: Run, source: str) -> dict:
-    """Merge the shard manifests, diff against the last ingest, record state and this run's source summary."""
+    """Merge the shard manifests, diff against the last ingest, remove what left it, record state and this run's
+    source summary.
+
+    A write-ahead transaction, safe to retry after a kill at any point: before the new manifest is published, the
+    manifest it replaces is saved under `work/journal/<source>/` and a journal names it. A retry that finds the
+    journal diffs against that saved manifest (not against the one the killed attempt may already have published),
+    and removes the stale objects of both, so the report's diff is the same and no object is left without a row.
+    The journal is deleted last."""
     store, src = run.store, run.source(source)
     plan = _json(store, run.key(source, "plan.json")) or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
-    old = manifest.read_table(store, manifest.source_key(source))
-    if extracted or old is None:
+    published = manifest.read_table(store, manifest.source_key(source))
+    journal = _json(store, finalize_journal_key(source))
+    if journal is None:
+        old = published
+    else:  # an earlier attempt was cut off after it wrote the journal: redo it from there
+        old = manifest.read_table(store, finalize_old_key(source)) if journal["old"] else None
+        log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
+    by_file: dict = {}
+    if extracted or published is None or journal is not None:
         # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
         by_file = {
             f.name: manifest.merge(
@@ -420,11 +442,24 @@ def finalize_source(run: Run, source: str) -> dict:
             for f in files
         }
         new = manifest.merge(list(by_file.values()))
-        manifest.write_table(store, manifest.source_key(source), new)
     else:
-        new = old
+        new = published
     change = manifest.diff(old, new)
-    _remove_stale(store, source, old, change.removed_paths)
+    stale = set(manifest.stale_objects(source, old, new))
+    if journal is not None and published is not None:  # what the cut-off attempt published may name more
+        stale |= set(manifest.stale_objects(source, published, new))
+    if journal is None and (stale or new is not published):
+        if old is not None:
+            manifest.write_table(store, finalize_old_key(source), old)
+        _put_json(
+            store,
+            finalize_journal_key(source),
+            {"source": source, "run_id": run.run_id, "old": old is not None, "started": now()},
+        )
+        journal = True
+    if new is not published:
+        manifest.write_table(store, manifest.source_key(source), new)
+    _remove_stale(store, sorted(stale))
     previous = (_json(store, source_state_key(source)) or {}).get("run_id")
 
     records = {f.name: _json(store, file_state_key(source, f.name)) for f in files}
@@ -479,6 +514,9 @@ def finalize_source(run: Run, source: str) -> dict:
             "files": records,
         },
     )
+    if journal is not None:  # the transaction is complete: the journal goes first, then the saved manifest
+        store.delete(finalize_journal_key(source))
+        store.delete(finalize_old_key(source))
     return {
         k: summary[k]
         for k in (
@@ -515,13 +553,15 @@ def _count_check(usable: int, expected: int | None) -> str:
     return f"{usable} usable images, catalog expects {expected} ({usable - expected:+d})"
 
 
-def _remove_stale(store: Store, source: str, old, removed_paths: list[str]) -> None:
-    """Objects for paths that left the manifest (a file upstream shrank) are removed from data/ and quarantine/."""
-    if not removed_paths or old is None:
-        return
-    for path in removed_paths:
-        store.delete(f"data/{path}")
-        store.delete(f"quarantine/{source}/{path}")
+def _remove_stale(store: Store, keys: list[str]) -> None:
+    """Objects of paths that left the manifest or changed status (a file upstream shrank, an image went bad) are
+    removed. Deleting is idempotent, so a retry repeats it; a key the store refuses never held an object."""
+    for key in keys:
+        try:
+            check_key(key)
+        except StoreError:
+            continue
+        store.delete(key)
 
 
 # ----------------------------------------------------------------------------------------------------------- outcome records

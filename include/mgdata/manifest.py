@@ -89,29 +89,59 @@ class Diff:
     added: int
     removed: int
     changed: int
-    removed_paths: list[str]
     examples: dict[str, list[str]]  # the first DIFF_LISTED added / removed / changed paths, sorted
 
     def as_dict(self) -> dict:
         return {"added": self.added, "removed": self.removed, "changed": self.changed}
 
 
+def _keys(table: pa.Table | None, columns=("path", "sha256")) -> pa.Table:
+    return (table if table is not None else empty()).select(list(columns))
+
+
+def _first_sorted(paths: pa.Array | pa.ChunkedArray) -> list[str]:
+    return pc.take(paths, pc.sort_indices(paths)[:DIFF_LISTED]).to_pylist() if len(paths) else []
+
+
+def anti_join(left: pa.Table, right: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """The paths of `left` that `right` does not hold (Arrow's hash join: no Python object per row)."""
+    if not left.num_rows:
+        return pa.array([], pa.string())
+    right = right.select(["path"]).combine_chunks() if right.num_rows else empty().select(["path"])
+    return left.select(["path"]).join(right, "path", join_type="left anti")["path"]
+
+
 def diff(old: pa.Table | None, new: pa.Table) -> Diff:
-    """What changed between two manifests of a source, by path and sha256."""
-    old = old if old is not None else empty()
-    old_map = dict(zip(old["path"].to_pylist(), old["sha256"].to_pylist(), strict=True))
-    new_map = dict(zip(new["path"].to_pylist(), new["sha256"].to_pylist(), strict=True))
-    removed = sorted(set(old_map) - set(new_map))
-    added = sorted(set(new_map) - set(old_map))
-    changed = sorted(p for p, h in new_map.items() if p in old_map and old_map[p] != h)
+    """What changed between two manifests of a source, by path and sha256 (Arrow joins, no per-row dicts: 1.3M
+    rows stay a few hundred MB)."""
+    old, new = _keys(old), _keys(new)
+    added, removed = anti_join(new, old), anti_join(old, new)
+    both = new.join(old, "path", join_type="inner", right_suffix="_old")
+    a, b = both["sha256"], both["sha256_old"]
+    same = pc.or_kleene(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+    changed = both.filter(pc.invert(same))["path"]
     examples = {
-        "added": added[:DIFF_LISTED],
-        "removed": removed[:DIFF_LISTED],
-        "changed": changed[:DIFF_LISTED],
+        "added": _first_sorted(added),
+        "removed": _first_sorted(removed),
+        "changed": _first_sorted(changed),
     }
-    return Diff(
-        added=len(added), removed=len(removed), changed=len(changed), removed_paths=removed, examples=examples
-    )
+    return Diff(added=len(added), removed=len(removed), changed=len(changed), examples=examples)
+
+
+def stale_objects(source: str, old: pa.Table | None, new: pa.Table) -> list[str]:
+    """Store keys that `old` put there and `new` no longer names: `data/<path>` of a path that is no longer
+    usable (gone, or now invalid), `quarantine/<source>/<path>` of one that is no longer invalid."""
+    if old is None or not old.num_rows:
+        return []
+    old, new = _keys(old, ("path", "status")), _keys(new, ("path", "status"))
+    invalid = pa.array(["invalid"])
+    keys: list[str] = []
+    for prefix, pick in (
+        ("data/", usable),
+        (f"quarantine/{source}/", lambda t: t.filter(pc.is_in(t["status"], invalid))),
+    ):
+        keys += [prefix + p for p in anti_join(pick(old), pick(new)).to_pylist()]
+    return sorted(keys)
 
 
 def counts(table: pa.Table) -> dict[str, int]:
