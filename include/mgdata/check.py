@@ -159,10 +159,11 @@ def check_source(
         sorted(set(quarantined) - set(invalid)),
     )
 
-    if store.stat(finalize_journal_key(source)) is not None:
+    journal = _read_json(store, finalize_journal_key(source))
+    if journal is not None and not journal.get("done"):
         findings.problems.append(
-            f"{source}: a finalize was cut off and not finished ({store.describe(finalize_journal_key(source))}): "
-            "run the source's finalize again"
+            f"{source}: the finalize of run {journal.get('run_id')} was cut off and not finished "
+            f"({store.describe(finalize_journal_key(source))}): run the source's finalize again"
         )
 
     counts = manifest.counts(table)

@@ -417,23 +417,26 @@ def finalize_source(run: Run, source: str) -> dict:
     source summary.
 
     A write-ahead transaction, safe to retry after a kill at any point: before the new manifest is published, the
-    manifest it replaces is saved under `work/journal/<source>/` and a journal names it. A retry that finds the
-    journal diffs against that saved manifest (not against the one the killed attempt may already have published),
-    and removes the stale objects of both, so the report's diff is the same and no object is left without a row.
-    The journal is deleted last."""
+    manifest it replaces is saved (`work/journal/<source>/old.parquet`) and a journal names it
+    (`finalize.json`, `done: false`). A retry that finds the journal unfinished, or finished by this same run,
+    diffs against that saved manifest (not against the one the cut-off attempt may already have published) and
+    removes the stale objects of both, so the diff in the summary is the same and no object is left without a
+    row. The journal is marked done last; the saved manifest stays until the next run's finalize replaces it."""
     store, src = run.store, run.source(source)
     plan = _json(store, run.key(source, "plan.json")) or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
     published = manifest.read_table(store, manifest.source_key(source))
     journal = _json(store, finalize_journal_key(source))
-    if journal is None:
-        old = published
-    else:  # an earlier attempt was cut off after it wrote the journal: redo it from there
+    redo = journal is not None and (not journal["done"] or journal["run_id"] == run.run_id)
+    if redo:  # an earlier attempt got as far as the journal: do it again from the manifest it saved
         old = manifest.read_table(store, finalize_old_key(source)) if journal["old"] else None
-        log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
+        if not journal["done"]:
+            log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
+    else:
+        old = published
     by_file: dict = {}
-    if extracted or published is None or journal is not None:
+    if extracted or published is None or redo:
         # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
         by_file = {
             f.name: manifest.merge(
@@ -446,17 +449,13 @@ def finalize_source(run: Run, source: str) -> dict:
         new = published
     change = manifest.diff(old, new)
     stale = set(manifest.stale_objects(source, old, new))
-    if journal is not None and published is not None:  # what the cut-off attempt published may name more
+    if redo and published is not None:  # what the cut-off attempt published may name more
         stale |= set(manifest.stale_objects(source, published, new))
-    if journal is None and (stale or new is not published):
+    if not redo and (stale or new is not published):
         if old is not None:
             manifest.write_table(store, finalize_old_key(source), old)
-        _put_json(
-            store,
-            finalize_journal_key(source),
-            {"source": source, "run_id": run.run_id, "old": old is not None, "started": now()},
-        )
-        journal = True
+        journal = {"source": source, "run_id": run.run_id, "old": old is not None, "done": False}
+        _put_json(store, finalize_journal_key(source), journal)
     if new is not published:
         manifest.write_table(store, manifest.source_key(source), new)
     _remove_stale(store, sorted(stale))
@@ -514,9 +513,10 @@ def finalize_source(run: Run, source: str) -> dict:
             "files": records,
         },
     )
-    if journal is not None:  # the transaction is complete: the journal goes first, then the saved manifest
-        store.delete(finalize_journal_key(source))
-        store.delete(finalize_old_key(source))
+    if journal is not None and not journal["done"]:  # the transaction is complete
+        _put_json(
+            store, finalize_journal_key(source), journal | {"done": True, "finished": summary["finished"]}
+        )
     return {
         k: summary[k]
         for k in (
