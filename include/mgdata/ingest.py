@@ -451,15 +451,22 @@ def finalize_source(run: Run, source: str) -> dict:
     stale = set(manifest.stale_objects(source, old, new))
     if redo and published is not None:  # what the cut-off attempt published may name more
         stale |= set(manifest.stale_objects(source, published, new))
+    # the run of the last successful ingest (None on the first): what the diff is since
+    previous = journal.get("since") if redo else (_json(store, source_state_key(source)) or {}).get("run_id")
     if not redo and (stale or new is not published):
         if old is not None:
             manifest.write_table(store, finalize_old_key(source), old)
-        journal = {"source": source, "run_id": run.run_id, "old": old is not None, "done": False}
+        journal = {
+            "source": source,
+            "run_id": run.run_id,
+            "old": old is not None,
+            "since": previous,
+            "done": False,
+        }
         _put_json(store, finalize_journal_key(source), journal)
     if new is not published:
         manifest.write_table(store, manifest.source_key(source), new)
     _remove_stale(store, sorted(stale))
-    previous = (_json(store, source_state_key(source)) or {}).get("run_id")
 
     records = {f.name: _json(store, file_state_key(source, f.name)) for f in files}
     for name in extracted:
@@ -493,7 +500,7 @@ def finalize_source(run: Run, source: str) -> dict:
         "count_check": _count_check(usable, src.expected_images),
         "diff": change.as_dict(),
         "diff_paths": change.examples,
-        "diff_since": previous,  # the run of the last successful ingest, None on the first
+        "diff_since": previous,
         "plan": plan["files"],
         "by_file": _by_file(files, records, plan["files"]),
         "started": plan.get("started"),

@@ -151,7 +151,7 @@ def summary(run: Run) -> dict:
 
 def outcome(run: Run) -> dict:
     s = summary(run)
-    return {"snapshot": snapshot(run.store), "diff": s["diff"], "diff_paths": s["diff_paths"]}
+    return {k: s[k] for k in ("diff", "diff_paths", "diff_since")} | {"snapshot": snapshot(run.store)}
 
 
 def assert_invariant(run: Run) -> None:
@@ -167,6 +167,7 @@ def test_finalize_completes_after_a_failure_at_every_step(prepared):
     steps = list(clean.store.ops)
     assemble_run(backend.run("undisturbed", catalog, "run2"), [SOURCE])
     expected = outcome(clean)
+    assert expected["diff_since"] == "run1"
     assert expected["diff"] == {
         "added": 0,
         "removed": 5,
@@ -174,6 +175,11 @@ def test_finalize_completes_after_a_failure_at_every_step(prepared):
     }  # 5 gone; img001 changed, img002 broken, fixed.png fixed
     assert_invariant(clean)
     assert any(s.startswith("delete data/") for s in steps) and any("quarantine/" in s for s in steps)
+    # A finalize that finished, run again by the same run (its task's success was lost): the same diff, not 0/0/0.
+    again = backend.run("undisturbed", catalog, "run2")
+    finalize_source(again, SOURCE)
+    assemble_run(again, [SOURCE])
+    assert outcome(again) == expected
 
     for k in range(1, len(steps) + 1):
         name = f"finalize-{k}"
