@@ -181,10 +181,9 @@ def check_source(
             findings.problems.append(
                 f"{source}: no report of run {state['run_id']} covers the manifest it made (did assemble finish?)"
             )
-        elif {s: said.get(f"images_{s}") or 0 for s in manifest.STATUSES} != counts:
+        elif (reported := {s: said.get(f"images_{s}") or 0 for s in manifest.STATUSES}) != counts:
             findings.problems.append(
-                f"{source}: report of run {state['run_id']} counts "
-                f"{ {s: said.get(f'images_{s}') or 0 for s in manifest.STATUSES} }, the manifest {counts}"
+                f"{source}: report of run {state['run_id']} counts {reported}, the manifest {counts}"
             )
     elif table.num_rows:
         findings.problems.append(

@@ -78,7 +78,6 @@ class PixelBudget:
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
-        self.peak = 0
         self._queue: deque[object] = deque()
         self._cond = threading.Condition()
 
@@ -91,7 +90,6 @@ class PixelBudget:
             self._cond.wait_for(lambda: self._queue[0] is ticket and self.used + pixels <= self.limit)
             self._queue.popleft()
             self.used += pixels
-            self.peak = max(self.peak, self.used)
             self._cond.notify_all()
         try:
             yield

@@ -95,31 +95,35 @@ class Diff:
         return {"added": self.added, "removed": self.removed, "changed": self.changed}
 
 
-def _keys(table: pa.Table | None, columns=("path", "sha256")) -> pa.Table:
-    return (table if table is not None else empty()).select(list(columns))
-
-
 def _first_sorted(paths: pa.Array | pa.ChunkedArray) -> list[str]:
     return pc.take(paths, pc.sort_indices(paths)[:DIFF_LISTED]).to_pylist() if len(paths) else []
 
 
-def anti_join(left: pa.Table, right: pa.Table) -> pa.Array | pa.ChunkedArray:
-    """The paths of `left` that `right` does not hold (Arrow's hash join: no Python object per row)."""
-    if not left.num_rows:
-        return pa.array([], pa.string())
-    right = right.select(["path"]).combine_chunks() if right.num_rows else empty().select(["path"])
-    return left.select(["path"]).join(right, "path", join_type="left anti")["path"]
+def _column(table: pa.Table | None, name: str) -> pa.Array:
+    return (table if table is not None else empty())[name].combine_chunks()
+
+
+def not_in(paths: pa.Array, others: pa.Array) -> pa.Array:
+    """The `paths` that `others` does not hold (Arrow's hash lookup: no Python object per row)."""
+    if not len(paths):
+        return paths
+    return paths.filter(pc.invert(pc.is_in(paths, value_set=others)))
 
 
 def diff(old: pa.Table | None, new: pa.Table) -> Diff:
-    """What changed between two manifests of a source, by path and sha256 (Arrow joins, no per-row dicts: 1.3M
-    rows stay a few hundred MB)."""
-    old, new = _keys(old), _keys(new)
-    added, removed = anti_join(new, old), anti_join(old, new)
-    both = new.join(old, "path", join_type="inner", right_suffix="_old")
-    a, b = both["sha256"], both["sha256_old"]
-    same = pc.or_kleene(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
-    changed = both.filter(pc.invert(same))["path"]
+    """What changed between two manifests of a source, by path and sha256.
+
+    Arrow hash lookups, no per-row Python objects: each new path's index in the old manifest (`index_in`) gives
+    both the added paths (no index) and the changed ones (the sha256 at that index differs)."""
+    old_paths, new_paths = _column(old, "path"), _column(new, "path")
+    at = pc.index_in(new_paths, value_set=old_paths)
+    is_added = pc.is_null(at)
+    was = pc.take(_column(old, "sha256"), at)
+    now = _column(new, "sha256")
+    same = pc.or_kleene(pc.fill_null(pc.equal(now, was), False), pc.and_(pc.is_null(now), pc.is_null(was)))
+    added = new_paths.filter(is_added)
+    changed = new_paths.filter(pc.and_(pc.invert(is_added), pc.invert(same)))
+    removed = not_in(old_paths, new_paths)
     examples = {
         "added": _first_sorted(added),
         "removed": _first_sorted(removed),
@@ -133,14 +137,14 @@ def stale_objects(source: str, old: pa.Table | None, new: pa.Table) -> list[str]
     usable (gone, or now invalid), `quarantine/<source>/<path>` of one that is no longer invalid."""
     if old is None or not old.num_rows:
         return []
-    old, new = _keys(old, ("path", "status")), _keys(new, ("path", "status"))
-    invalid = pa.array(["invalid"])
+
+    def paths(table: pa.Table, statuses: list[str]) -> pa.Array:
+        table = table.select(["path", "status"])
+        return _column(table.filter(pc.is_in(table["status"], value_set=pa.array(statuses))), "path")
+
     keys: list[str] = []
-    for prefix, pick in (
-        ("data/", usable),
-        (f"quarantine/{source}/", lambda t: t.filter(pc.is_in(t["status"], invalid))),
-    ):
-        keys += [prefix + p for p in anti_join(pick(old), pick(new)).to_pylist()]
+    for prefix, statuses in (("data/", list(USABLE)), (f"quarantine/{source}/", ["invalid"])):
+        keys += [prefix + p for p in not_in(paths(old, statuses), paths(new, statuses)).to_pylist()]
     return sorted(keys)
 
 
