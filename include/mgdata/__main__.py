@@ -1,9 +1,13 @@
 """`python -m mgdata verify`: the ready-to-train check against any local data/ folder and training JSON.
+`python -m mgdata check`: the store's invariant (manifests, objects, reports, layout agree; nothing half-done).
 
     python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json [--decode] [--report out.json]
+    python -m mgdata check [--source S ...] [--layout DIR] [--sizes-only]
 
-Exit status: 0 ready to train, 1 not ready (missing or broken images, samples without boxes), 2 the input could not
-be read. Prefixes are named with the catalog source that provides them (`MGDATA_CATALOG`, else the shipped catalog).
+verify's exit status: 0 ready to train, 1 not ready (missing or broken images, samples without boxes), 2 the input
+could not be read. Prefixes are named with the catalog source that provides them (`MGDATA_CATALOG`, else the shipped
+catalog). check reads the store of `MGDATA_STORAGE` (and `MGDATA_S3_CONN_ID`), the layout of `MGDATA_LAYOUT_DIR`
+unless `--layout` says otherwise; exit status 0 when the invariant holds, 1 listing what is wrong, 2 unreadable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from mgdata.annotations import AnnotationError, Check, folder_resolver
 from mgdata.catalog import CatalogError, load_catalog
 from mgdata.settings import Settings
+from mgdata.storage import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +34,40 @@ def _parser() -> argparse.ArgumentParser:
         "--decode", action="store_true", help="fully decode every image (slow; finds broken files)"
     )
     verify.add_argument("--report", type=Path, help="also write the result as JSON to this file")
+    check = commands.add_parser(
+        "check", help="check that the store's manifests, objects, reports and layout agree"
+    )
+    check.add_argument("--source", action="append", help="check only this source (repeatable); default: all")
+    check.add_argument(
+        "--layout", type=Path, help="the data/ tree to compare (default: MGDATA_LAYOUT_DIR, if set)"
+    )
+    check.add_argument(
+        "--sizes-only", action="store_true", help="compare object sizes, not sha256 (no object is read)"
+    )
     return parser
+
+
+def check(args: argparse.Namespace) -> int:
+    from mgdata.check import check_store
+
+    settings = Settings.from_env()
+    store = settings.open_store()
+    layout = args.layout or settings.layout_dir
+    findings = check_store(
+        store, settings.load_catalog(), sources=args.source, layout_dir=layout, hashes=not args.sizes_only
+    )
+    for name, c in findings.sources.items():
+        print(
+            f"{name:22} {c['rows']:>9,} rows {c['usable']:>9,} usable {c['objects']:>9,} objects "
+            f"{c['quarantined']:>7,} quarantined"
+        )
+    if findings.ok:
+        print(f"{store.url}: the invariant holds")
+        return 0
+    print(f"{store.url}: {len(findings.problems)} problem(s)", file=sys.stderr)
+    for problem in findings.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -77,9 +115,9 @@ def summary(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return verify(args)
-    except (OSError, AnnotationError, CatalogError) as e:
-        print(f"verify: {e}", file=sys.stderr)
+        return check(args) if args.command == "check" else verify(args)
+    except (OSError, AnnotationError, CatalogError, StoreError) as e:
+        print(f"{args.command}: {e}", file=sys.stderr)
         return 2
 
 

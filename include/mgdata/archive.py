@@ -54,6 +54,8 @@ __all__ = [
     "Member",
     "MemberError",
     "Shard",
+    "escape_name",
+    "flat_name",
     "inflate",
     "iter_tar",
     "iter_zip_shard",
@@ -408,6 +410,30 @@ def unsafe_reason(member: Member, *, max_member_bytes: int) -> str | None:
     if member.compressed_size > max_member_bytes:
         return f"compressed size {member.compressed_size} exceeds max_member_bytes {max_member_bytes}"
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Names in rows and messages
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
+
+
+def escape_name(name: str) -> str:
+    """A member name as text every manifest, log line and store key can hold: bytes that are not UTF-8 (a tar read
+    with ``surrogateescape`` keeps them as lone surrogates, which no encoder accepts), control characters and
+    backslashes become ``%XX`` (each byte of the raw name). A clean name comes back unchanged."""
+    if not _UNPRINTABLE.search(name):
+        return name
+    return _UNPRINTABLE.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogateescape")), name
+    )
+
+
+def flat_name(name: str) -> str:
+    """One path component standing for a member that is not taken (a row still records it): the escaped name with
+    ``/`` as ``_``; ``.``, ``..`` and the empty name spelled out, so the row's path is one a store accepts."""
+    flat = escape_name(name).replace("/", "_")
+    return {"": "%EMPTY-NAME%", ".": "%2E", "..": "%2E%2E"}.get(flat, flat)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

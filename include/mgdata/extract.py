@@ -10,20 +10,29 @@ and produce its manifest row. The rows go to one small Parquet part per shard, w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
+from io import BytesIO
+
+from PIL import Image
 
 from mgdata import manifest
 from mgdata.archive import (
     ArchiveError,
     Member,
     MemberError,
+    escape_name,
+    flat_name,
     inflate,
     iter_tar,
     iter_zip_shard,
@@ -32,9 +41,10 @@ from mgdata.archive import (
     unsafe_reason,
 )
 from mgdata.catalog import RemoteFile
-from mgdata.images import check_image
+from mgdata.images import DEFAULT_MAX_PIXELS, check_image
 from mgdata.run import Run, SourceFailed, raw_key
 from mgdata.settings import env_int
+from mgdata.storage import StoreError, UnstorableKey, check_key, libc_or_none
 
 log = logging.getLogger("mgdata.extract")
 
@@ -45,6 +55,108 @@ def extract_threads() -> int:
     Under an executor that runs one extract task per core at once (LocalExecutor, a Celery worker with
     concurrency = cores), 2 is enough: the task processes already use every core."""
     return env_int("MGDATA_EXTRACT_THREADS", max(2, (os.cpu_count() or 2) * 2))
+
+
+NAME_MAX = 255  # bytes per path component on every common filesystem (ext4, XFS, APFS, NTFS in UTF-16 units)
+PATH_MAX = 1000  # bytes of a data/ path: S3 keys stop at 1024, with room for the store's prefix
+
+
+def decode_budget() -> int:
+    """Pixels being decoded at once per extract task: `MGDATA_DECODE_MPIXELS` million, else the per-image limit
+    (`images.DEFAULT_MAX_PIXELS`, 89.5 Mpx), so one image of the largest size allowed decodes alone while
+    ordinary images (0.3-2 Mpx) run on every thread. Pillow holds a decoded RGB or RGBA pixel in 4 bytes, which
+    puts decoding at about 360 MB (twice that while a mismatched format is re-encoded to its extension's)."""
+    mpx = env_int("MGDATA_DECODE_MPIXELS", 0)
+    return mpx * 1_000_000 if mpx > 0 else DEFAULT_MAX_PIXELS
+
+
+class PixelBudget:
+    """A semaphore weighted by pixels: a decode of w x h pixels waits until that many are free. Requests are served
+    in arrival order (a large image is not starved by a stream of small ones); one larger than the whole budget
+    runs alone."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = max(0, min(pixels, self.limit))
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket and self.used + pixels <= self.limit)
+            self._queue.popleft()
+            self.used += pixels
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+@functools.cache
+def return_large_buffers() -> None:
+    """Make glibc give every buffer of 8 MiB or more back to the system when it is freed (once per process).
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MB), after which
+    the 16 MB blocks Pillow decodes into come from a per-thread heap that keeps them: with 4 threads each holding
+    one huge image's worth, nine 88 Mpx PNGs peaked at 715 MB even when decoded one at a time (433 MB with a
+    fixed threshold). Ordinary images (a few MB) stay below it."""
+    libc = libc_or_none()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, 8 * 1024 * 1024)
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header (no pixel is decoded); 0 when Pillow cannot tell, in which case
+    `check_image` rejects the bytes before decoding anything."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            return im.size[0] * im.size[1]
+    except Exception:  # not an image, a bomb (refused from the header), a truncated header
+        return 0
+
+
+def path_problem(path: str) -> str | None:
+    """Why a data/ path cannot be held by a filesystem the trainer reads from (or by S3), or None."""
+    raw = path.encode("utf-8", "surrogateescape")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"a path component of {len(longest)} bytes (filesystems hold at most {NAME_MAX})"
+    if len(raw) > PATH_MAX:
+        return f"a path of {len(raw)} bytes (at most {PATH_MAX}: S3 keys stop at 1024)"
+    return None
+
+
+class PathClaims:
+    """Paths of one archive in archive order. A path that is also a folder of an earlier member's path, or that
+    runs through an earlier member's file, cannot exist beside it on a filesystem (S3 would take both, the data/
+    tree could not): the earlier member keeps it, the later one is refused, whatever the store."""
+
+    def __init__(self) -> None:
+        self._files: set[str] = set()
+        self._folders: set[str] = set()
+
+    def claim(self, path: str) -> str | None:
+        """Take `path`; return why it clashes with an earlier one instead (then nothing is taken)."""
+        if path in self._folders:
+            return f"{path!r} is also a folder of an earlier member's path (a file and a folder of one name)"
+        parts = path.split("/")
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        for d in folders:
+            if d in self._files:
+                return f"{d!r} is an earlier member's file, so it cannot be a folder (a file and a folder of one name)"
+        self._files.add(path)
+        self._folders.update(folders)
+        return None
 
 
 def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False) -> list[str]:
@@ -100,6 +212,10 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
                 len(wanted) - len(kept),
             )
             wanted = kept
+        claims, refused = PathClaims(), {}
+        for m, t in zip(wanted, (f.map_member(m.name) for m in wanted), strict=True):
+            if t and (why := path_problem(t) or claims.claim(t)):
+                refused[m.name] = why
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
             {
@@ -108,6 +224,9 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
                 "start": s.start,
                 "end": s.end,
                 "members": [asdict(m) for m in wanted[s.first : s.first + s.count]],
+                "refused": {
+                    m.name: refused[m.name] for m in wanted[s.first : s.first + s.count] if m.name in refused
+                },
             }
             for s in shards
         ]
@@ -152,26 +271,55 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
     file_name, index = shard_id.rsplit("/", 1)
     f = run.file(source, file_name)
     spec = json.loads(store.read_bytes(run.work_key(source, file_name, f"{index}.json")))
+    refused: dict[str, str] = spec.get("refused") or {}
     key = raw_key(source, f.name)
     origin = f"raw/{source}/{f.name}!"
     started = time.monotonic()
     rows: list[dict] = []
+    budget = PixelBudget(decode_budget())
+    return_large_buffers()
 
-    def land(member: Member, data: bytes | None, error: str | None) -> dict:
+    def row_path(member: Member, target: str | None) -> str:
+        """The row's path: where the member lands, or for a member that is not taken a flat name under the
+        file's target that the store accepts (never `<target>/..`, an empty part, or bytes that are not UTF-8)."""
+        if target is not None and escape_name(target) == target:
+            try:
+                check_key(f"data/{target}")
+                return target
+            except StoreError:
+                pass
+        return f"{f.target}/{flat_name(member.name)}"
+
+    def land(member: Member, data: bytes | None, error: str | None, *, replaces: bool = False) -> dict:
         target = f.map_member(member.name)
-        path = target or f"{f.target}/{member.name.replace('/', '_')}"
+        path = row_path(member, target)
+        if target is not None and path != target:  # a name no store key can hold: recorded, never written
+            error = error or f"{escape_name(target)!r} cannot be a path in the store"
+            target = None
+        error = error or refused.get(member.name)
+        check, written, out, stored = None, None, data, True
         if error is None and target is not None and data is not None:
-            check = check_image(data, target)
-        else:
-            check = None
+            with budget.hold(header_pixels(data)):
+                check = check_image(data, target)
         if check is not None and check.status in manifest.USABLE:
-            store.put_bytes(f"data/{target}", check.data, durable=False)  # made durable by store.sync() below
-            out = check.data
+            try:
+                store.put_bytes(f"data/{target}", check.data, durable=False)  # made durable by store.sync()
+                written, out = f"data/{target}", check.data
+            except UnstorableKey as e:  # this store cannot hold the name (a file and a folder of one name)
+                check, error, stored = None, f"not stored: {e}", False
         else:
             error = error or (check.error if check else "member not taken")
-            out = data
-            if data is not None and target is not None:
+        if written is None and stored and data is not None and target is not None:
+            try:
                 store.put_bytes(f"quarantine/{source}/{target}", data, durable=False)
+                written = f"quarantine/{source}/{target}"
+            except UnstorableKey as e:
+                error = f"{error}; not quarantined: {e}"
+        if replaces and target is not None:  # a later member of the same name: the earlier one's object goes
+            for k in (f"data/{target}", f"quarantine/{source}/{target}"):
+                if k != written:
+                    store.delete(k)
+        usable = check is not None and check.status in manifest.USABLE
         return {
             "path": path,
             "bytes": len(out) if out is not None else None,
@@ -179,9 +327,9 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
             "format": check.format if check else None,
             "width": check.width if check else None,
             "height": check.height if check else None,
-            "status": check.status if check and check.status in manifest.USABLE else "invalid",
-            "error": check.error if check and check.status in manifest.USABLE else error,
-            "origin": origin + member.name,
+            "status": check.status if usable else "invalid",
+            "error": check.error if usable else error,
+            "origin": origin + escape_name(member.name),
             "run_id": run.run_id,
         }
 
@@ -195,18 +343,20 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
             return land(member, None, str(e))
         return land(member, data, None)
 
-    def from_tar(member: Member, data: bytes | None) -> dict:
-        reason = unsafe_reason(member, max_member_bytes=d.max_member_bytes)
-        return land(member, None if reason else data, reason)
+    def from_tar(member: Member, data: bytes | None, clash: str | None, replaces: bool) -> dict:
+        reason = unsafe_reason(member, max_member_bytes=d.max_member_bytes) or clash
+        return land(member, None if reason else data, reason, replaces=replaces)
 
     pending: deque[Future] = deque()
     workers = extract_threads()
     with ThreadPoolExecutor(workers, thread_name_prefix=f"extract-{source}") as pool:
 
-        def submit(fn, *args) -> None:
-            pending.append(pool.submit(fn, *args))
+        def submit(fn, *args) -> Future:
+            future = pool.submit(fn, *args)
+            pending.append(future)
             while len(pending) > 4 * workers:  # bounded memory: at most this many members in flight
                 rows.append(pending.popleft().result())
+            return future
 
         try:
             if spec["archive"] == "zip":
@@ -217,6 +367,10 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                     ):
                         submit(from_zip, member, raw)
             elif spec["archive"] in ("tar", "tar.gz"):
+                # A tar can hold a name twice: the last member wins (as `tar -x` leaves it). Its work starts once
+                # the earlier one's is done, and removes the earlier object, so the stored bytes are always the
+                # last member's and so is the one row the part keeps.
+                claims, landing = PathClaims(), {}
                 with store.open_range(key) as stream:
                     compression = "gz" if spec["archive"] == "tar.gz" else ""
                     for member, data in iter_tar(
@@ -225,12 +379,20 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                         max_member_bytes=d.max_member_bytes,
                         max_total_bytes=d.max_archive_bytes,
                     ):
+                        target = f.map_member(member.name)
                         if member.kind == "dir" or not (
-                            f.map_member(member.name)
-                            or unsafe_reason(member, max_member_bytes=d.max_member_bytes)
+                            target or unsafe_reason(member, max_member_bytes=d.max_member_bytes)
                         ):
                             continue
-                        submit(from_tar, member, data)
+                        earlier = landing.get(target) if target else None
+                        clash = None
+                        if target and earlier is None:
+                            clash = path_problem(target) or claims.claim(target)
+                        if earlier is not None:
+                            earlier.result()
+                        future = submit(from_tar, member, data, clash, earlier is not None)
+                        if target and (earlier is not None or clash is None):
+                            landing[target] = future
             elif spec["archive"] == "urllist":  # URL-list shards fetch their images right here
                 from mgdata.fetch.urllist import ingest_urls
 
@@ -248,6 +410,8 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
             while pending:
                 rows.append(pending.popleft().result())
 
+    # One row per path, the last member's (rows are in archive order): a shadowed duplicate leaves no row.
+    rows = list({r["path"]: r for r in rows}.values())
     rows.sort(key=lambda r: r["path"])
     if rows:
         store.sync()  # every image named by the part is on disk before the part is

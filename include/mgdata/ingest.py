@@ -22,6 +22,8 @@ from mgdata.run import (
     Run,
     SourceFailed,
     file_state_key,
+    finalize_journal_key,
+    finalize_old_key,
     no_ingest_summary,
     now,
     put_json,
@@ -29,7 +31,7 @@ from mgdata.run import (
     read_json,
     source_state_key,
 )
-from mgdata.storage import Store
+from mgdata.storage import Store, StoreError, check_key
 
 log = logging.getLogger("mgdata.ingest")
 
@@ -351,13 +353,30 @@ def ingest_source(run: Run, source: str) -> dict:
 
 
 def finalize_source(run: Run, source: str) -> dict:
-    """Merge the shard manifests, diff against the last ingest, record state and this run's source summary."""
+    """Merge the shard manifests, diff against the last ingest, remove what left it, record state and this run's
+    source summary.
+
+    A write-ahead transaction, safe to retry after a kill at any point: before the new manifest is published, the
+    manifest it replaces is saved (`work/journal/<source>/old.parquet`) and a journal names it
+    (`finalize.json`, `done: false`). A retry that finds the journal unfinished, or finished by this same run,
+    diffs against that saved manifest (not against the one the cut-off attempt may already have published) and
+    removes the stale objects of both, so the diff in the summary is the same and no object is left without a
+    row. The journal is marked done last; the saved manifest stays until the next run's finalize replaces it."""
     store, src = run.store, run.source(source)
     plan = read_json(store, run.key(source, "plan.json")) or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
-    old = manifest.read_table(store, manifest.source_key(source))
-    if extracted or old is None:
+    published = manifest.read_table(store, manifest.source_key(source))
+    journal = read_json(store, finalize_journal_key(source))
+    redo = journal is not None and (not journal["done"] or journal["run_id"] == run.run_id)
+    if redo:  # an earlier attempt got as far as the journal: do it again from the manifest it saved
+        old = manifest.read_table(store, finalize_old_key(source)) if journal["old"] else None
+        if not journal["done"]:
+            log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
+    else:
+        old = published
+    by_file: dict = {}
+    if extracted or published is None or redo:
         # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
         by_file = {
             f.name: manifest.merge(
@@ -366,12 +385,30 @@ def finalize_source(run: Run, source: str) -> dict:
             for f in files
         }
         new = manifest.merge(list(by_file.values()))
-        manifest.write_table(store, manifest.source_key(source), new)
     else:
-        new = old
+        new = published
     change = manifest.diff(old, new)
-    _remove_stale(store, source, old, change.removed_paths)
-    previous = (read_json(store, source_state_key(source)) or {}).get("run_id")
+    stale = set(manifest.stale_objects(source, old, new))
+    if redo and published is not None:  # what the cut-off attempt published may name more
+        stale |= set(manifest.stale_objects(source, published, new))
+    # the run of the last successful ingest (None on the first): what the diff is since
+    previous = (
+        journal.get("since") if redo else (read_json(store, source_state_key(source)) or {}).get("run_id")
+    )
+    if not redo and (stale or new is not published):
+        if old is not None:
+            manifest.write_table(store, finalize_old_key(source), old)
+        journal = {
+            "source": source,
+            "run_id": run.run_id,
+            "old": old is not None,
+            "since": previous,
+            "done": False,
+        }
+        put_json(store, finalize_journal_key(source), journal)
+    if new is not published:
+        manifest.write_table(store, manifest.source_key(source), new)
+    _remove_stale(store, sorted(stale))
 
     records = {f.name: read_json(store, file_state_key(source, f.name)) for f in files}
     for name in extracted:
@@ -405,7 +442,7 @@ def finalize_source(run: Run, source: str) -> dict:
         "count_check": _count_check(usable, src.expected_images),
         "diff": change.as_dict(),
         "diff_paths": change.examples,
-        "diff_since": previous,  # the run of the last successful ingest, None on the first
+        "diff_since": previous,
         "plan": plan["files"],
         "by_file": _by_file(files, records, plan["files"]),
         "started": plan.get("started"),
@@ -425,6 +462,10 @@ def finalize_source(run: Run, source: str) -> dict:
             "files": records,
         },
     )
+    if journal is not None and not journal["done"]:  # the transaction is complete
+        put_json(
+            store, finalize_journal_key(source), journal | {"done": True, "finished": summary["finished"]}
+        )
     return {
         k: summary[k]
         for k in (
@@ -461,13 +502,15 @@ def _count_check(usable: int, expected: int | None) -> str:
     return f"{usable} usable images, catalog expects {expected} ({usable - expected:+d})"
 
 
-def _remove_stale(store: Store, source: str, old, removed_paths: list[str]) -> None:
-    """Objects for paths that left the manifest (a file upstream shrank) are removed from data/ and quarantine/."""
-    if not removed_paths or old is None:
-        return
-    for path in removed_paths:
-        store.delete(f"data/{path}")
-        store.delete(f"quarantine/{source}/{path}")
+def _remove_stale(store: Store, keys: list[str]) -> None:
+    """Objects of paths that left the manifest or changed status (a file upstream shrank, an image went bad) are
+    removed. Deleting is idempotent, so a retry repeats it; a key the store refuses never held an object."""
+    for key in keys:
+        try:
+            check_key(key)
+        except StoreError:
+            continue
+        store.delete(key)
 
 
 # ----------------------------------------------------------------------------------------------------------- outcome records

@@ -7,8 +7,10 @@ and files under a source's layout prefixes that its manifest no longer lists are
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,12 @@ from pathlib import Path
 from mgdata.storage import Store
 
 WORKERS = 16
+SKIPPED_LISTED = 500  # skipped paths named in the report
+TMP_SUFFIX = ".tmp"  # `.<name>.<random>.tmp`: a file being placed; a killed run's are removed by the next
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
 def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/") -> str:
@@ -24,51 +32,91 @@ def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/"
     src = store.local_path(f"{prefix}{path}")
     try:
         st = dst.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         st = None
-    if st is not None:
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         if src is not None and st.st_ino == src.stat().st_ino:
             return "unchanged"
         if src is None and st.st_size == size:
             return "unchanged"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp"
-    if src is not None:
-        try:
-            os.link(src, tmp)
-            how = "linked"
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copyfile(src, tmp)
-            how = "copied"
-    else:
-        with store.open_range(f"{prefix}{path}") as body, open(tmp, "wb") as out:
-            shutil.copyfileobj(body, out, 1024 * 1024)
-        how = "downloaded"
-    os.replace(tmp, dst)
+    tmp = dst.parent / f".{dst.name[:200]}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    try:
+        if src is not None:
+            try:
+                os.link(src, tmp)
+                how = "linked"
+            except OSError:  # another filesystem, or links not allowed
+                shutil.copyfile(src, tmp)
+                how = "copied"
+        else:
+            with store.open_range(f"{prefix}{path}") as body, open(tmp, "wb") as out:
+                shutil.copyfileobj(body, out, 1024 * 1024)
+            how = "downloaded"
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return how
 
 
-def materialize(
-    store: Store, root: str | os.PathLike, files: list[tuple[str, int]], prefixes: list[str]
-) -> dict:
-    """Make `root/<path>` exist for every (path, size) in `files`; drop other files under `prefixes`."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        outcome = Counter(pool.map(lambda f: _place(store, root, f[0], f[1]), files))
-    wanted = {p for p, _ in files}
+def _place_or_skip(
+    store: Store, root: Path, path: str, size: int, prefix: str = "data/"
+) -> tuple[str, dict | None]:
+    """Place one file; a name this filesystem cannot hold (a file where a folder must be, or the other way round;
+    a name too long) is skipped with the reason, not a failure of the whole tree."""
+    try:
+        return _place(store, root, path, size, prefix), None
+    except OSError as e:
+        if e.errno not in _NAME_ERRNOS:
+            raise
+        return "skipped", {"path": path, "error": e.strerror or str(e)}
+
+
+_NAME_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def _sweep(root: Path, prefixes: list[str], wanted: set[str]) -> int:
+    """Remove files under `prefixes` that are not wanted (stale images, temp files of a killed run), then the
+    folders left empty, so a path that was a folder can become a file. Returns the files removed."""
     removed = 0
     for prefix in prefixes:
         top = root / prefix
         if not top.is_dir():
             continue
-        for dirpath, _, names in os.walk(top):
+        for dirpath, dirnames, names in os.walk(top, topdown=False):
             for name in names:
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                if rel not in wanted:
+                if rel not in wanted or is_temp(name):
                     (Path(dirpath) / name).unlink()
-                    removed += 1
-    return {"root": str(root), "files": len(files), "removed": removed, **outcome}
+                    removed += 1 - is_temp(name)
+            for name in dirnames:
+                try:
+                    (Path(dirpath) / name).rmdir()
+                except OSError:  # not empty: it holds wanted files
+                    pass
+    return removed
+
+
+def materialize(
+    store: Store, root: str | os.PathLike, files: list[tuple[str, int]], prefixes: list[str]
+) -> dict:
+    """Make `root/<path>` exist for every (path, size) in `files`; drop other files under `prefixes`.
+
+    Safe to run again after a kill at any point: the tree is a function of `files`, every file is placed through
+    a temp name and a rename, and the temp files of a killed run are swept with the stale files. What the
+    filesystem cannot hold is skipped and reported (`skipped`, `skipped_paths`), never a failure of the rest."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = {p for p, _ in files}
+    removed = _sweep(root, prefixes, wanted)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        placed = list(pool.map(lambda f: _place_or_skip(store, root, f[0], f[1]), files))
+    outcome = Counter(how for how, _ in placed)
+    skipped = sorted((why for _, why in placed if why), key=lambda s: s["path"])
+    out = {"root": str(root), "files": len(files), "removed": removed, **outcome}
+    if skipped:
+        out["skipped_paths"] = skipped[:SKIPPED_LISTED]
+    return out
 
 
 def annotations_dir(layout_dir: str | os.PathLike) -> Path:
@@ -82,6 +130,14 @@ def materialize_annotations(store: Store, layout_dir: str | os.PathLike) -> dict
     a local store), e.g. `annotations/train_json/<name>.json` for a config's `data_path`."""
     root = annotations_dir(layout_dir)
     files = [(o.key[len("annotations/") :], o.size) for o in store.list("annotations/")]
+    if root.is_dir():  # temp files of a killed run
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if is_temp(name):
+                    (Path(dirpath) / name).unlink(missing_ok=True)
     with ThreadPoolExecutor(WORKERS) as pool:
-        outcome = Counter(pool.map(lambda f: _place(store, root, f[0], f[1], "annotations/"), files))
-    return {"root": str(root), "files": len(files), **outcome}
+        placed = list(pool.map(lambda f: _place_or_skip(store, root, f[0], f[1], "annotations/"), files))
+    out = {"root": str(root), "files": len(files), **Counter(how for how, _ in placed)}
+    if skipped := sorted((why for _, why in placed if why), key=lambda s: s["path"]):
+        out["skipped_paths"] = skipped[:SKIPPED_LISTED]
+    return out

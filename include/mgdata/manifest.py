@@ -89,29 +89,63 @@ class Diff:
     added: int
     removed: int
     changed: int
-    removed_paths: list[str]
     examples: dict[str, list[str]]  # the first DIFF_LISTED added / removed / changed paths, sorted
 
     def as_dict(self) -> dict:
         return {"added": self.added, "removed": self.removed, "changed": self.changed}
 
 
+def _first_sorted(paths: pa.Array | pa.ChunkedArray) -> list[str]:
+    return pc.take(paths, pc.sort_indices(paths)[:DIFF_LISTED]).to_pylist() if len(paths) else []
+
+
+def _column(table: pa.Table | None, name: str) -> pa.Array:
+    return (table if table is not None else empty())[name].combine_chunks()
+
+
+def not_in(paths: pa.Array, others: pa.Array) -> pa.Array:
+    """The `paths` that `others` does not hold (Arrow's hash lookup: no Python object per row)."""
+    if not len(paths):
+        return paths
+    return paths.filter(pc.invert(pc.is_in(paths, value_set=others)))
+
+
 def diff(old: pa.Table | None, new: pa.Table) -> Diff:
-    """What changed between two manifests of a source, by path and sha256."""
-    old = old if old is not None else empty()
-    old_map = dict(zip(old["path"].to_pylist(), old["sha256"].to_pylist(), strict=True))
-    new_map = dict(zip(new["path"].to_pylist(), new["sha256"].to_pylist(), strict=True))
-    removed = sorted(set(old_map) - set(new_map))
-    added = sorted(set(new_map) - set(old_map))
-    changed = sorted(p for p, h in new_map.items() if p in old_map and old_map[p] != h)
+    """What changed between two manifests of a source, by path and sha256.
+
+    Arrow hash lookups, no per-row Python objects: each new path's index in the old manifest (`index_in`) gives
+    both the added paths (no index) and the changed ones (the sha256 at that index differs)."""
+    old_paths, new_paths = _column(old, "path"), _column(new, "path")
+    at = pc.index_in(new_paths, value_set=old_paths)
+    is_added = pc.is_null(at)
+    was = pc.take(_column(old, "sha256"), at)
+    now = _column(new, "sha256")
+    same = pc.or_kleene(pc.fill_null(pc.equal(now, was), False), pc.and_(pc.is_null(now), pc.is_null(was)))
+    added = new_paths.filter(is_added)
+    changed = new_paths.filter(pc.and_(pc.invert(is_added), pc.invert(same)))
+    removed = not_in(old_paths, new_paths)
     examples = {
-        "added": added[:DIFF_LISTED],
-        "removed": removed[:DIFF_LISTED],
-        "changed": changed[:DIFF_LISTED],
+        "added": _first_sorted(added),
+        "removed": _first_sorted(removed),
+        "changed": _first_sorted(changed),
     }
-    return Diff(
-        added=len(added), removed=len(removed), changed=len(changed), removed_paths=removed, examples=examples
-    )
+    return Diff(added=len(added), removed=len(removed), changed=len(changed), examples=examples)
+
+
+def stale_objects(source: str, old: pa.Table | None, new: pa.Table) -> list[str]:
+    """Store keys that `old` put there and `new` no longer names: `data/<path>` of a path that is no longer
+    usable (gone, or now invalid), `quarantine/<source>/<path>` of one that is no longer invalid."""
+    if old is None or not old.num_rows:
+        return []
+
+    def paths(table: pa.Table, statuses: list[str]) -> pa.Array:
+        table = table.select(["path", "status"])
+        return _column(table.filter(pc.is_in(table["status"], value_set=pa.array(statuses))), "path")
+
+    keys: list[str] = []
+    for prefix, statuses in (("data/", list(USABLE)), (f"quarantine/{source}/", ["invalid"])):
+        keys += [prefix + p for p in not_in(paths(old, statuses), paths(new, statuses)).to_pylist()]
+    return sorted(keys)
 
 
 def counts(table: pa.Table) -> dict[str, int]:

@@ -50,12 +50,22 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         )
         quarantine += [{"source": name, **row} for row in bad]
 
-    layout = None
+    layout, layout_error = None, None
     if run.settings.layout_dir:
         from mgdata.layout import materialize, materialize_annotations
 
-        layout = materialize(store, run.settings.layout_dir, files, prefixes)
-        layout["annotations"] = materialize_annotations(store, run.settings.layout_dir)
+        # The tree is a function of the manifests, so a retry after a kill here converges (see layout.py). A
+        # failure of the tree is reported with every source's outcome, then fails the task so it is retried.
+        try:
+            layout = materialize(store, run.settings.layout_dir, files, prefixes)
+            layout["annotations"] = materialize_annotations(store, run.settings.layout_dir)
+        except Exception as e:
+            layout_error = e
+            layout = {
+                "root": str(run.settings.layout_dir),
+                "files": len(files),
+                "error": f"{type(e).__name__}: {e}",
+            }
 
     failed = sorted(n for n, o in sources.items() if o["status"] == "failed")
     totals = {
@@ -88,6 +98,11 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
     }
     put_json(store, f"runs/{run.run_id}/report.json", report)
     store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
+    if layout_error is not None:
+        raise RuntimeError(
+            f"run {run.run_id}: the data/ tree at {run.settings.layout_dir} failed: {layout['error']} "
+            "(the report is written; retry assemble)"
+        ) from layout_error
     return {
         "status": report["status"],
         "failed_sources": failed,

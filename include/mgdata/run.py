@@ -51,6 +51,14 @@ def source_state_key(source: str) -> str:
     return f"state/{source}.json"
 
 
+def finalize_journal_key(source: str) -> str:
+    return f"work/journal/{source}/finalize.json"
+
+
+def finalize_old_key(source: str) -> str:
+    return f"work/journal/{source}/old.parquet"
+
+
 @dataclass
 @dataclass
 class Run:

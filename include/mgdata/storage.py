@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import functools
 import io
 import itertools
@@ -34,7 +35,7 @@ MiB = 1024 * 1024
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def libc_or_none() -> ctypes.CDLL | None:
     """The C library, looked up on the first flush (find_library runs a subprocess: not at import, which DAG
     parsing pays)."""
     name = ctypes.util.find_library("c")
@@ -43,6 +44,21 @@ def _libc() -> ctypes.CDLL | None:
 
 class StoreError(RuntimeError):
     """A store operation failed. The message names the store and the key, never credentials."""
+
+
+class UnstorableKey(StoreError):
+    """The store cannot hold an object under this key, whatever is retried: a local folder where a file of the
+    key's name or a folder on its path is already the other kind, or a name longer than the filesystem allows.
+    One member's problem, not the run's."""
+
+
+# errno values that mean "this name cannot exist here", as opposed to a full disk or a failing device
+_NAME_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def _write_error(name: str, e: OSError) -> StoreError:
+    kind = UnstorableKey if e.errno in _NAME_ERRNOS else StoreError
+    return kind(f"cannot write {name}: {e.strerror or e}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,7 @@ class ObjectWriter(ABC):
 
 def _syncfs(path: Path) -> None:
     """Flush the filesystem holding `path` (Linux syncfs(2)); elsewhere, every filesystem (sync(2))."""
-    libc = _libc()
+    libc = libc_or_none()
     if libc is not None and hasattr(libc, "syncfs"):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -222,7 +238,7 @@ class _LocalWriter(ObjectWriter):
                 os.replace(self._tmp, self._target)
         except OSError as e:  # the last buffered bytes may only fail here; the temp file must not outlive it
             self.abort()
-            raise StoreError(f"cannot write {self._name}: {e.strerror or e}") from e
+            raise _write_error(self._name, e) from e
 
     def abort(self) -> None:
         try:
@@ -318,6 +334,10 @@ class LocalStore(Store):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a name no file here can have
+                return None
+            raise
         return ObjectInfo(key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
 
     def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
@@ -336,7 +356,7 @@ class LocalStore(Store):
         try:
             return _LocalWriter(self, self._path(key), self.describe(key), durable)
         except OSError as e:
-            raise StoreError(f"cannot write {self.describe(key)}: {e.strerror or e}") from e
+            raise _write_error(self.describe(key), e) from e
 
     def sync(self) -> None:
         try:
@@ -365,7 +385,16 @@ class LocalStore(Store):
                 yield info
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except (
+            NotADirectoryError,
+            IsADirectoryError,
+        ):  # a file on the key's path, or a folder under its name:
+            pass  # no object of this key
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
