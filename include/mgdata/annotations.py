@@ -593,6 +593,7 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     import pyarrow.compute as pc
 
     from mgdata import manifest
+    from mgdata.extract import read_skipped
 
     usable: set[str] = set()
     quarantined: set[str] = set()
@@ -603,7 +604,7 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
             usable.update(manifest.usable(table)["path"].to_pylist())
             # `missing` rows (dead URLs) have no file at all: missing, not broken
             quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
-        skipped.update(read_skipped_paths(store, source))
+        skipped.update(read_skipped(store, source)[0])
     root = Path(layout_dir) if layout_dir else None
 
     def resolve(image: str) -> Status:
@@ -641,17 +642,6 @@ def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Reso
     return resolve
 
 
-def read_skipped_paths(store, source: str) -> dict[str, str]:
-    """data/ paths whose archive member extraction skipped on purpose (hidden, resource fork, ...), with the reason."""
-    import json
-
-    out: dict[str, str] = {}
-    for obj in store.list(f"manifests/skipped/{source}/"):
-        record = json.loads(store.read_bytes(obj.key))
-        out.update(record.get("paths") or {})
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ the run's check
 
 
@@ -666,10 +656,15 @@ def check_store(
 
     `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing."""
     resolve = store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
+    from mgdata.extract import read_skipped
+
     check = Check()
     for t in catalog.training:
         _check_declared(store, check, t, resolve)
-    return check.as_report(catalog, sources=sources)
+    report = check.as_report(catalog, sources=sources)
+    members = {name: read_skipped(store, name)[1] for name in catalog.sources}
+    report["skipped_members"] = {name: r for name, r in members.items() if r}
+    return report
 
 
 def _check_declared(store, check: Check, t: TrainingFile, resolve: Resolver) -> None:

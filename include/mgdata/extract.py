@@ -98,6 +98,8 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
                 len(wanted) - len(kept),
             )
             wanted = kept
+        taken = {id(m) for m, _ in mapped}
+        record_skipped(store, source, f, [m for m in members if id(m) not in taken])
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
             {
@@ -117,6 +119,52 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
     for i, spec in enumerate(specs):
         store.put_bytes(run.work_key(source, f.name, f"{prefix}{i:05d}.json"), json.dumps(spec).encode())
     return [f"{f.name}/{prefix}{i:05d}" for i in range(len(specs))]
+
+
+SKIPPED_PATHS_KEPT = (
+    10_000  # per file: would-be paths of skipped members, so a training path can say why it is absent
+)
+SKIPPED_EXAMPLES = 5
+
+
+def skipped_key(source: str, file: str) -> str:
+    return f"manifests/skipped/{source}/{file}.json"
+
+
+def record_skipped(store, source: str, f: RemoteFile, members: list[Member]) -> dict:
+    """Every member that is neither a manifest row nor extracted, counted by reason with examples: nothing is dropped
+    silently. `paths`: where the member would have landed, for the ready-to-train check."""
+    counts: dict[str, int] = {}
+    first: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    for m in members:
+        path, reason = (None, "directory") if m.kind == "dir" else f.place_member(m.name)
+        reason = reason or "not taken"
+        counts[reason] = counts.get(reason, 0) + 1
+        examples = first.setdefault(reason, [])
+        if len(examples) < SKIPPED_EXAMPLES:
+            examples.append(m.name)
+        if path and len(paths) < SKIPPED_PATHS_KEPT:
+            paths[path] = reason
+    record = {"file": f.name, "skipped": len(members), "counts": counts, "first": first, "paths": paths}
+    store.put_bytes(skipped_key(source, f.name), json.dumps(record).encode())
+    if members:
+        log.info("%s/%s: %d member(s) not extracted: %s", source, f.name, len(members), counts)
+    return record
+
+
+def read_skipped(store, source: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """(would-be path -> reason, reason -> {count, first}) over the source's files' skip records."""
+    paths: dict[str, str] = {}
+    reasons: dict[str, dict] = {}
+    for obj in store.list(f"manifests/skipped/{source}/"):
+        record = json.loads(store.read_bytes(obj.key))
+        paths.update(record.get("paths") or {})
+        for reason, n in (record.get("counts") or {}).items():
+            r = reasons.setdefault(reason, {"count": 0, "first": []})
+            r["count"] += n
+            r["first"] = (r["first"] + record["first"].get(reason, []))[:SKIPPED_EXAMPLES]
+    return paths, reasons
 
 
 def extract(run: Run, source: str, shard_id: str) -> dict:
@@ -189,6 +237,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                     ):
                         submit(from_zip, member, raw)
             elif spec["archive"] in ("tar", "tar.gz"):
+                tar_skipped: list[Member] = []
                 with store.open_range(key) as stream:
                     compression = "gz" if spec["archive"] == "tar.gz" else ""
                     for member, data in iter_tar(
@@ -201,8 +250,10 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                             f.map_member(member.name)
                             or unsafe_reason(member, max_member_bytes=d.max_member_bytes)
                         ):
+                            tar_skipped.append(member)
                             continue
                         submit(from_tar, member, data)
+                record_skipped(store, source, f, tar_skipped)
             elif spec["archive"] == "urllist":  # URL-list shards fetch their images right here
                 from mgdata.fetch.urllist import ingest_urls
 

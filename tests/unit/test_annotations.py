@@ -331,3 +331,16 @@ def test_verdict_says_why_a_prefix_is_missing(tmp_path):
     assert report["note"].startswith(
         "not ready: 1 docvqa/images missing: source docvqa skipped (Register at https://rrc.cvc.uab.es/?ch=17"
     )
+
+
+def test_verify_decodes_as_the_trainer_by_default_and_fast_says_what_it_skipped(data, tmp_path):
+    train = tmp_path / "broken.json"
+    train.write_text(json.dumps([sample("broken", "gqa/images/broken.jpg")]))
+    cmd = [sys.executable, "-m", "mgdata", "verify", "--data", str(data), "--json", str(train)]
+    decoded = subprocess.run(cmd, capture_output=True, text=True)
+    assert decoded.returncode == 1 and "image_broken" in decoded.stdout, decoded.stdout + decoded.stderr
+    fast = subprocess.run([*cmd, "--fast"], capture_output=True, text=True)
+    assert fast.returncode == 0, fast.stdout + fast.stderr
+    assert (
+        fast.stdout.startswith("ready to train") and "existence only (--fast)" in fast.stdout.splitlines()[0]
+    )

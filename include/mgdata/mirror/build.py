@@ -579,14 +579,16 @@ def build_mirror(
     workers = max(1, min(len(names), workers if workers is not None else (os.cpu_count() or 1)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror-build") as pool:
         replicas = list(pool.map(build_one, names))
-    if hub_names:  # after the others: MG-LLaVA's training JSONs cite their images
-        replicas += hub.build_hub_replicas(
-            root, hub_names, images_per_source=images_per_source, seed=seed, raw_catalog=raw, others=replicas
-        )
     if web_names:
         from mgdata.mirror.web_replicas import build_web_replicas
 
         replicas += build_web_replicas(root, raw, web_names, images_per_source, seed)
+    if (
+        hub_names
+    ):  # after every other replica: MG-LLaVA's training JSONs cite their images (mirror/training_json)
+        replicas += hub.build_hub_replicas(
+            root, hub_names, images_per_source=images_per_source, seed=seed, raw_catalog=raw, others=replicas
+        )
     write_text_atomic(root / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=2) + "\n")
     return replicas
 
