@@ -565,15 +565,13 @@ def _short(error: str) -> str:
 # ------------------------------------------------------------------------------------------------ resolvers
 
 
-# Pillow plugins that run an external program to decode (Ghostscript for EPS/PS): never run on data we check.
-EXTERNAL_PROGRAM_FORMATS = frozenset({"EPS"})
-
-
 def trainer_opens(path: str | os.PathLike) -> str | None:
     """Open and convert a file exactly as the trainer does (Pillow defaults); None if it works, else why not."""
     import warnings
 
     from PIL import Image
+
+    from mgdata.images import EXTERNAL_PROGRAM_FORMATS
 
     try:
         with warnings.catch_warnings():
