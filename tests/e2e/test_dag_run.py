@@ -190,9 +190,7 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     assert ready["referenced"] == ready["present"] + docs and ready["text_only"] >= 2
     assert ready["missing"] == docs and ready["broken"] == ready["ids_without_boxes"] == 0
     assert {r for r, f in ready["findings"].items() if f["count"]} == {"image_missing"}
-    assert (
-        len(ready["by_prefix"]) == 17
-    )  # the 15 instruct prefixes + LLaVA-Pretrain/images, allava_laion/images
+    assert len(ready["by_prefix"]) == 16  # the 15 instruct prefixes + LLaVA-Pretrain/images
     assert [f["status"] for f in ready["files"]] == ["checked"] * 3
     assert ready["by_prefix"]["coco/train2017"]["source"] == "coco" and "Ready to train" in page
     coco = report["sources"]["coco"]
