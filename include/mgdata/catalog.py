@@ -174,9 +174,10 @@ class RemoteFile(_Model):
     def place_member(self, member: str) -> tuple[str | None, str | None]:
         """(path, None) for a member taken; (the path it would have had or None, why not) for one skipped."""
         name = member
+        fork = any(p == "__MACOSX" or p.startswith("._") for p in name.split("/"))
         if self.member_prefix:
             if not name.startswith(self.member_prefix):
-                return None, f"outside {self.member_prefix}"
+                return None, "macOS resource fork" if fork else f"outside {self.member_prefix}"
             name = name[len(self.member_prefix) :]
         parts = [p for p in name.split("/") if p not in ("", ".")]  # tar -C dir . gives ./images/x.jpg
         kept = parts[self.strip_components :]
@@ -185,7 +186,7 @@ class RemoteFile(_Model):
         if self.flatten:
             kept = kept[-1:]
         path = "/".join([self.target, *kept])
-        if any(p == "__MACOSX" or p.startswith("._") for p in parts):
+        if fork:
             return path, "macOS resource fork"
         if any(p.startswith(".") for p in parts):
             return path, "hidden file"
