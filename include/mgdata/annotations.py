@@ -381,11 +381,12 @@ class Check:
             own_findings[rule] += 1
             self.findings[rule].add(what)
 
-        if box is not None:
+        if box is not None and box.without_id:
             for i in box.first_without_id:
-                self.findings["box_entry_without_id"].add(f"{boxes_name}[{i}]", 0)
-            self.findings["box_entry_without_id"].count += box.without_id
-            own_findings["box_entry_without_id"] = box.without_id
+                hit("box_entry_without_id", f"{boxes_name}[{i}]")
+            rest = box.without_id - len(box.first_without_id)  # counted, not listed
+            own_findings["box_entry_without_id"] += rest
+            self.findings["box_entry_without_id"].count += rest
 
         def settle(image: str, status: Status) -> None:
             own["referenced"] += 1
@@ -420,7 +421,7 @@ class Check:
                         first_type = first_type or s.id_type
                         if s.id_type != first_type:
                             hit("id_types_mixed", f"{s.label} ({s.id_type}, first was {first_type})")
-                    if not s.image or s.problems and "image_not_string" in s.problems:
+                    if not s.image or "image_not_string" in s.problems:
                         own["text_only"] += not s.image
                         continue
                     if s.dropped:

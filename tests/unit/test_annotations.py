@@ -344,3 +344,41 @@ def test_verify_decodes_as_the_trainer_by_default_and_fast_says_what_it_skipped(
     assert (
         fast.stdout.startswith("ready to train") and "existence only (--fast)" in fast.stdout.splitlines()[0]
     )
+
+
+def test_verify_shows_progress_on_a_terminal_only(data, jsons):
+    import os
+    import pty
+
+    train, bbox = jsons
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgdata",
+        "verify",
+        "--data",
+        str(data),
+        "--json",
+        str(train),
+        "--boxes",
+        str(bbox),
+    ]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"8 samples, 7 images checked" in shown, shown
+    piped = subprocess.run(cmd, capture_output=True, text=True)
+    assert "images checked" not in piped.stderr
