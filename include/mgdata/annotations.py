@@ -560,7 +560,10 @@ def _verdict(
 def _short(error: str) -> str:
     """The first sentence of a source's error (a skipped DocVQA's says where to register)."""
     first = error.split(". ")[0].strip()
-    return first if len(first) <= 160 else first[:157] + "..."
+    if len(first) <= 100:
+        return first
+    cut = first.rfind(", ", 0, 100)
+    return (first[:cut] if cut > 0 else first[:100]) + ", ..."
 
 
 # ------------------------------------------------------------------------------------------------ resolvers
