@@ -98,7 +98,7 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
                 len(wanted) - len(kept),
             )
             wanted = kept
-        taken = {id(m) for m, _ in mapped}
+        taken = {id(m) for m in wanted}  # rows to come; every other member is a counted skip
         record_skipped(store, source, f, [m for m in members if id(m) not in taken])
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
@@ -121,9 +121,8 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
     return [f"{f.name}/{prefix}{i:05d}" for i in range(len(specs))]
 
 
-SKIPPED_PATHS_KEPT = (
-    10_000  # per file: would-be paths of skipped members, so a training path can say why it is absent
-)
+# per file: the would-be paths of skipped members kept, so a training path can say why it is absent
+SKIPPED_PATHS_KEPT = 10_000
 SKIPPED_EXAMPLES = 5
 
 
@@ -139,12 +138,13 @@ def record_skipped(store, source: str, f: RemoteFile, members: list[Member]) -> 
     paths: dict[str, str] = {}
     for m in members:
         path, reason = (None, "directory") if m.kind == "dir" else f.place_member(m.name)
-        reason = reason or "not taken"
+        shadowed = reason is None  # taken otherwise: a later member of the same path is the one extracted
+        reason = reason or "shadowed by a later member of the same path"
         counts[reason] = counts.get(reason, 0) + 1
         examples = first.setdefault(reason, [])
         if len(examples) < SKIPPED_EXAMPLES:
             examples.append(m.name)
-        if path and len(paths) < SKIPPED_PATHS_KEPT:
+        if path and not shadowed and len(paths) < SKIPPED_PATHS_KEPT:
             paths[path] = reason
     record = {"file": f.name, "skipped": len(members), "counts": counts, "first": first, "paths": paths}
     store.put_bytes(skipped_key(source, f.name), json.dumps(record).encode())

@@ -38,6 +38,7 @@ def test_zip_members_are_rows_or_reasoned_skips_and_extensions_match_in_any_case
     store = LocalStore(tmp_path / "store")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("train2017/000000000009.jpg", b"an older copy, shadowed by the later one")
         for name, data in members.items():
             z.writestr(name, data or b"")
     store.put_bytes("raw/coco/train2017.zip", buf.getvalue())
@@ -60,8 +61,9 @@ def test_zip_members_are_rows_or_reasoned_skips_and_extensions_match_in_any_case
         "macOS resource fork": 1,
         "not an image name": 1,
         "outside train2017/": 1,
+        "shadowed by a later member of the same path": 1,
     }
-    assert record["skipped"] + 5 == len(members)
+    assert record["skipped"] + 5 == len(members) + 1
     assert record["first"]["outside train2017/"] == ["val2017/000000000139.jpg"]
     assert record["paths"] == {
         "coco/train2017/.000000000042.jpg": "hidden file",
