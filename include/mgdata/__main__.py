@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from mgdata.annotations import AnnotationError, Check, folder_resolver
@@ -66,6 +67,10 @@ def verify(args: argparse.Namespace) -> int:
         print(f"verify: --data {args.data} is not a directory", file=sys.stderr)
         return 2
     catalog = load_catalog(Settings.from_env().catalog)
+    from PIL import Image
+
+    # the trainer opens these too (Pillow raises only above twice the threshold): not worth a line per image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     progress = _progress()
     check = Check(workers=1 if args.fast else max(1, args.threads), progress=progress)
     resolve = folder_resolver(args.data, decode=not args.fast)

@@ -570,21 +570,19 @@ def _short(error: str) -> str:
 
 
 def trainer_opens(path: str | os.PathLike) -> str | None:
-    """Open and convert a file exactly as the trainer does (Pillow defaults); None if it works, else why not."""
-    import warnings
+    """Open and convert a file exactly as the trainer does (Pillow defaults); None if it works, else why not.
 
+    Above MAX_IMAGE_PIXELS Pillow only warns (DecompressionBombError comes above twice that); the warning is left to
+    the caller's filters (`verify` ignores it), since changing filters here would race across threads."""
     from PIL import Image
 
     from mgdata.images import EXTERNAL_PROGRAM_FORMATS
 
     try:
-        with warnings.catch_warnings():
-            # Above MAX_IMAGE_PIXELS Pillow only warns; it raises (DecompressionBombError) above twice that.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.format in EXTERNAL_PROGRAM_FORMATS:
-                    return f"{im.format} runs an external program to decode; not checked, not accepted"
-                im.convert("RGB")
+        with Image.open(path) as im:
+            if im.format in EXTERNAL_PROGRAM_FORMATS:
+                return f"{im.format} runs an external program to decode; not checked, not accepted"
+            im.convert("RGB")
     except Exception as e:  # what the trainer would raise
         return f"{type(e).__name__}: {e}"
     return None
