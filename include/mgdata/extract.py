@@ -127,7 +127,7 @@ SKIPPED_EXAMPLES = 5
 
 
 def skipped_key(source: str, file: str) -> str:
-    return f"manifests/skipped/{source}/{file}.json"
+    return f"state/{source}/skipped/{file}.json"
 
 
 def record_skipped(store, source: str, f: RemoteFile, members: list[Member]) -> dict:
@@ -157,7 +157,7 @@ def read_skipped(store, source: str) -> tuple[dict[str, str], dict[str, dict]]:
     """(would-be path -> reason, reason -> {count, first}) over the source's files' skip records."""
     paths: dict[str, str] = {}
     reasons: dict[str, dict] = {}
-    for obj in store.list(f"manifests/skipped/{source}/"):
+    for obj in store.list(f"state/{source}/skipped/"):
         record = json.loads(store.read_bytes(obj.key))
         paths.update(record.get("paths") or {})
         for reason, n in (record.get("counts") or {}).items():

@@ -154,7 +154,7 @@ def test_every_member_is_a_row_or_a_counted_skip_and_a_skipped_training_path_say
         "docvqa/images/c.jfif",
     ]
     assert {r["status"] for r in rows} == {"ok"}
-    record = json.loads(store.read_bytes("manifests/skipped/docvqa/train.tar.gz.json"))
+    record = json.loads(store.read_bytes("state/docvqa/skipped/train.tar.gz.json"))
     assert record["counts"] == {
         "directory": 2,
         "hidden file": 1,
