@@ -29,9 +29,9 @@ from mgdata.ingest import (
     Run,
     ingest_source,
 )
-from mgdata.mirror.build import build_mirror, write_catalog
+from mgdata.mirror.build import build_mirror, stand_in_routes, write_catalog
 from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import COVERS, stand_in_routes
+from mgdata.mirror.web_replicas import COVERS
 from mgdata.run import SourceSkipped
 from mgdata.settings import Settings
 

@@ -45,6 +45,8 @@ export MGDATA_GDRIVE_URL="$(cat "$demo/mirror.ready")/drive.google.com"  # the D
 
 status=0
 "$root/scripts/airflow-env.sh" airflow dags test mgllava_data >"$demo/dags-test.log" 2>&1 || status=$?
+echo "demo wall time: $(( $(date +%s) - start )) s"
+# The summary ends with the verdict and, when not ready, the one step that makes it ready.
 "$py" - <<PY
 import json, os
 from mgdata.settings import Settings
@@ -58,11 +60,21 @@ for name, s in report["sources"].items():
     print(f"  {name:22} {s['status']:8} fetched {s['bytes_fetched']/1e6:8.1f} MB  ok {s['images_ok']:5}  "
           f"normalized {s['images_normalized']:3}  invalid {s['images_invalid']:3}  missing {s.get('images_missing') or 0:3}  "
           f"{s.get('error') or ''}")
-print(f"\n{report['ready_to_train'].get('note', 'ready to train: not checked')}")
 print(f"\nreport: {store.describe(runs[-1])}\n        {store.describe(runs[-1].replace('.json', '.html'))}")
 print(f"data/:  {os.environ.get('MGDATA_LAYOUT_DIR') or 'not materialised'}")
 print(f"log:    $demo/dags-test.log")
 print("UI:     make ui-demo (Airflow and the audit page on this store; same Airflow home as make ui)")
+ready = report["ready_to_train"]
+print(f"\n{ready.get('note', 'ready to train: not checked')}")
+if not ready.get("ready") and report["sources"].get("docvqa", {}).get("status") == "skipped":
+    # DocVQA registers its users; the sample mirror holds the archive a registered user downloads.
+    archive = "$demo/mirror/datasets.cvc.uab.es/rrc/DocVQA/train.tar.gz"
+    inbox = "inbox/docvqa/train.tar.gz"
+    if store.url.startswith("file://"):
+        put = f"mkdir -p {store.local_path('inbox/docvqa')} && cp {archive} {store.local_path(inbox)}"
+    else:
+        put = f"copy {archive} to {store.describe(inbox)}"
+    print(f"to make it ready, provide DocVQA (here: the mirror's stand-in archive) and run the demo again:\n"
+          f"  {put} && scripts/demo.sh")
 PY
-echo "demo wall time: $(( $(date +%s) - start )) s"
 exit $status

@@ -1,22 +1,24 @@
-"""The ready-to-train check: every image a training JSON references is usable under data/, and every sample with an
-image has boxes.
+"""The ready-to-train check: MG-LLaVA's own reading contract, rule by rule (README "What ready means").
 
-MG-LLaVA's training JSONs are LLaVA-style arrays of samples ``{"id", "image"?, "conversations"}`` (0.2 to 1 GB each);
-its bbox JSONs are arrays of ``{"id", "boxes", "scores", "labels"}``. Both are read as streams (ijson, C backend), one
-sample at a time, so memory stays bounded by what must be kept: the set of usable paths and one bbox JSON's ids.
+MG-LLaVA's trainer (`MGLLaVADataset` over xtuner's `LLaVADataset`, `llava_map_fn`, `process_hf_dataset`) reads a
+training JSON with `json.load`, builds a Hugging Face `Dataset` from it, maps and filters the conversations, and only
+then, per sample, opens `os.path.join(image_folder, image)` with Pillow and looks its id up in the bbox JSON. Each way
+that code crashes or silently trains on less is a *rule* here; every rule is counted per file with its first offending
+ids or paths, and `ready` means no rule fired. Samples xtuner drops before reading any image (no human→gpt turn) are
+counted, and neither their image nor their boxes are required.
 
-- a sample without ``image`` is text-only and skipped; duplicate ids are allowed (LLaVA's mixes repeat them);
-- an image is *present* when the layout has it and its manifest status is ok or normalized, *broken* when the layout
-  has it but it is quarantined, unreadable or empty, else *missing*;
-- counts are kept per path prefix (the first two components, ``coco/train2017``), each named with the catalog source
-  that provides it, or as provided by none (``sam/images`` from raw ShareGPT4V data, say).
+Both JSONs are streamed (ijson, C backend) one sample or entry at a time: memory is bounded by what must be kept (the
+usable paths from the manifests, one bbox JSON's keys).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -25,45 +27,293 @@ import ijson
 
 from mgdata.catalog import Catalog, TrainingFile
 
-Status = Literal["present", "missing", "broken"]
-Resolver = Callable[[str], Status]
+Status = Literal["present", "missing", "broken", "skipped"]
+Resolver = Callable[[str], Status]  # the JSON's `image` string as written -> its status under data/
 
-LISTED = 20  # first missing / broken paths and ids without boxes listed in the report, overall
+LISTED = 20  # first offending paths / ids listed per rule, overall
 LISTED_PER_PREFIX = 5
 NO_PROVIDER = "no catalog source provides this prefix"
+IMAGE_TOKEN = "<image>"
+ROLES = ("human", "gpt")
+OUTSIDE = "(outside data/)"
+
+# rule -> (effect, what it counts, where the trainer does it). effect: "crash" (the trainer raises), "degrades" (it
+# trains on without the images, silently), "dropped" (the trainer filters the sample out before reading: not required).
+RULES: dict[str, tuple[str, str, str]] = {
+    "sample_not_object": (
+        "crash",
+        "samples that are not JSON objects",
+        "mg_llava/dataset/llava.py:55 item.keys()",
+    ),
+    "id_missing": (
+        "crash",
+        "samples without an id",
+        "mg_llava/dataset/llava.py:74 json_data[idx]['id'] (KeyError)",
+    ),
+    "id_types_mixed": (
+        "crash",
+        "samples whose id type differs from the first sample's (after int -> str)",
+        "mg_llava/dataset/llava.py:74-76 HFDataset.from_list (ArrowTypeError)",
+    ),
+    "image_not_string": (
+        "crash",
+        "samples whose image is not a string (a list, a number)",
+        "mg_llava/dataset/llava.py:76 HFDataset.from_list (ArrowTypeError)",
+    ),
+    "conversations_invalid": (
+        "crash",
+        "samples whose conversations is missing or not a list of {from, value} turns with string values",
+        "xtuner llava_map_fn (KeyError / TypeError)",
+    ),
+    "role_invalid": (
+        "crash",
+        "samples with a turn whose from is not human or gpt",
+        "xtuner llava_map_fn.py:44-45 (NotImplementedError)",
+    ),
+    "image_tokens": (
+        "crash",
+        "samples with a turn whose input holds more than one <image>",
+        "xtuner dataset/utils.py encode_fn: assert len(chunk_encode) == 2",
+    ),
+    "image_column_dropped": (
+        "degrades",
+        "image samples trained without their image: the file's first sample has no image key",
+        "datasets Dataset.from_list takes the columns from mapping[0] (mg_llava/dataset/llava.py:76)",
+    ),
+    "image_missing": (
+        "crash",
+        "image references not under data/",
+        "mg_llava/module/mg_llava_dataset.py:68 Image.open(os.path.join(image_folder, image))",
+    ),
+    "image_skipped": (
+        "crash",
+        "image references whose archive member was skipped at extraction",
+        "mg_llava/module/mg_llava_dataset.py:68",
+    ),
+    "image_broken": (
+        "crash",
+        "image references that Pillow (defaults) cannot open and convert('RGB')",
+        "mg_llava/module/mg_llava_dataset.py:68 .convert('RGB')",
+    ),
+    "boxes_missing": (
+        "crash",
+        "image samples whose id has no entry in the bbox JSON",
+        "mg_llava/module/mg_llava_dataset.py:42,71 json_data[data_dict['id']] (KeyError)",
+    ),
+    "boxes_malformed": (
+        "crash",
+        "image samples whose bbox entry is not {boxes: rows of 4 numbers, scores, labels: one per box}",
+        "mg_llava/module/mg_llava_dataset.py:72-79, mg_llava/dataset/utils.py bbox_nms",
+    ),
+    "box_entry_without_id": (
+        "crash",
+        "bbox JSON list entries without an id",
+        "mg_llava/module/mg_llava_dataset.py:42 str(item['id'])",
+    ),
+    "dropped_before_reading": (
+        "dropped",
+        "samples with no human->gpt turn, filtered out before any image is read (image and boxes not required)",
+        "xtuner dataset/huggingface.py:61-63 filter(len(example['conversation']) > 0)",
+    ),
+}
 
 
 class AnnotationError(ValueError):
-    """A training or bbox JSON is not the expected array of objects; the message names the file."""
+    """A training or bbox JSON cannot be read at all (not JSON, not an array); the message names the file."""
 
 
-def prefix_of(path: str) -> str:
-    return "/".join(path.split("/")[:2])
+def data_relative(image: str) -> str | None:
+    """Where `os.path.join(data, image)` lands, relative to data/, or None outside it (absolute, or `..` above it)."""
+    if image.startswith("/"):
+        return None  # os.path.join drops data/ for an absolute second argument
+    path = posixpath.normpath(image)
+    return None if path == ".." or path.startswith("../") or path == "." else path
 
 
-def iter_samples(stream: BinaryIO, *, label: str) -> Iterator[tuple[str, list[str]]]:
-    """(str(id), image paths) per sample, streamed; text-only samples give an empty list."""
-    try:
-        for sample in ijson.items(stream, "item", use_float=True):
-            if not isinstance(sample, dict):
-                raise AnnotationError(
-                    f"{label}: expected an array of sample objects, found {type(sample).__name__}"
-                )
-            image = sample.get("image")
-            images = (
-                [] if image in (None, "") else [image] if isinstance(image, str) else [str(i) for i in image]
+def prefix_of(image: str) -> str:
+    rel = data_relative(image)
+    return OUTSIDE if rel is None else "/".join(rel.split("/")[:2])
+
+
+# ------------------------------------------------------------------------------------------------ streaming helpers
+
+
+class _Prepend:
+    """A binary stream with some already-read bytes put back in front (to peek at the first JSON token)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = (
+                (self.head, b"") if n < 0 or n >= len(self.head) else (self.head[:n], self.head[n:])
             )
-            yield str(sample.get("id")), [i.removeprefix("./") for i in images]
-    except ijson.JSONError as e:
-        raise AnnotationError(f"{label}: not valid JSON ({e})") from None
+            return out
+        return self.rest.read(n)
 
 
-def read_box_ids(stream: BinaryIO, *, label: str) -> set[str]:
-    """The ids a bbox JSON has entries for; only the ids are built, boxes are parsed past."""
-    try:
-        return {str(i) for i in ijson.items(stream, "item.id", use_float=True)}
-    except ijson.JSONError as e:
-        raise AnnotationError(f"{label}: not valid JSON ({e})") from None
+def _first_token(stream: BinaryIO, label: str) -> tuple[bytes, _Prepend]:
+    head = b""
+    while chunk := stream.read(64):
+        head += chunk
+        if head.lstrip():
+            return head.lstrip()[:1], _Prepend(head, stream)
+    raise AnnotationError(f"{label}: empty file, not JSON")
+
+
+def _items(stream: BinaryIO, label: str, *, allow_object: bool = False) -> tuple[str, Iterator]:
+    token, stream = _first_token(stream, label)
+    if token == b"[":
+        return "list", ijson.items(stream, "item", use_float=True)
+    if token == b"{" and allow_object:
+        return "dict", ijson.kvitems(stream, "", use_float=True)
+    raise AnnotationError(f"{label}: expected a JSON array{' or object' if allow_object else ''}")
+
+
+# ------------------------------------------------------------------------------------------------ the bbox JSON
+
+
+def _box_problem(entry: object) -> str | None:
+    """Why bbox_nms / adjust_padding_boxes would fail on this entry, or None."""
+    if not isinstance(entry, dict):
+        return "entry is not an object"
+    missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
+    if missing:
+        return f"no {', '.join(missing)}"
+    boxes, scores, labels = entry["boxes"], entry["scores"], entry["labels"]
+    if not isinstance(boxes, list) or not all(
+        isinstance(b, list) and len(b) == 4 and all(_number(v) for v in b) for b in boxes
+    ):
+        return "boxes are not rows of 4 numbers"
+    if not isinstance(scores, list) or len(scores) != len(boxes) or not all(_number(v) for v in scores):
+        return f"{len(scores) if isinstance(scores, list) else 'no list of'} scores for {len(boxes)} boxes"
+    if not isinstance(labels, list) or len(labels) != len(boxes):
+        return f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes"
+    return None
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass
+class Boxes:
+    """A bbox JSON as the trainer keys it: a list becomes {str(id): entry}, an object is used as is."""
+
+    keys: set[str] = field(default_factory=set)
+    malformed: dict[str, str] = field(default_factory=dict)
+    without_id: int = 0
+    first_without_id: list[int] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, stream: BinaryIO, *, label: str) -> Boxes:
+        out = cls()
+        try:
+            shape, items = _items(stream, label, allow_object=True)
+            for i, item in enumerate(items):
+                if shape == "dict":
+                    key, entry = item
+                elif not isinstance(item, dict) or "id" not in item:
+                    out.without_id += 1
+                    if len(out.first_without_id) < LISTED:
+                        out.first_without_id.append(i)
+                    continue
+                else:
+                    key, entry = str(item["id"]), item
+                out.keys.add(key)
+                problem = _box_problem(entry)
+                if problem:
+                    out.malformed[key] = problem
+                else:
+                    out.malformed.pop(
+                        key, None
+                    )  # a later entry with the same id wins, as in the dict comprehension
+        except ijson.JSONError as e:
+            raise AnnotationError(f"{label}: not valid JSON ({e})") from None
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ one sample
+
+
+@dataclass
+class Sample:
+    """What the check needs of one training sample, as the trainer will see it."""
+
+    key: object  # the id after llava.py's int -> str
+    id_type: str | None  # None: no id at all
+    image: object  # the raw `image` value
+    problems: list[str]  # crash rules found in the sample itself
+    dropped: bool  # no human->gpt turn: filtered out before reading
+
+    @property
+    def label(self) -> str:
+        return repr(self.key) if not isinstance(self.key, str) else self.key
+
+
+def read_sample(raw: object) -> Sample:
+    if not isinstance(raw, dict):
+        return Sample(None, None, None, ["sample_not_object"], True)
+    problems = []
+    if "id" in raw:
+        key = str(raw["id"]) if isinstance(raw["id"], int) else raw["id"]
+        id_type = None if key is None else type(key).__name__  # null fits any column type
+    else:
+        key, id_type = None, None
+        problems.append("id_missing")
+    image = raw.get("image")
+    if image and not isinstance(image, str):
+        problems.append("image_not_string")
+    turns, conv_problem = _turns(raw.get("conversations"))
+    if conv_problem:
+        problems.append(conv_problem)
+    dropped = conv_problem is None and turns == []
+    if conv_problem is None and any(i.count(IMAGE_TOKEN) > 1 for i in turns or []):
+        problems.append("image_tokens")
+    return Sample(key, id_type, image, problems, dropped)
+
+
+def _turns(messages: object) -> tuple[list[str] | None, str | None]:
+    """llava_map_fn: the input of each human->gpt turn (with `<image>` already collapsed per message), or a rule."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None, "conversations_invalid"
+    while messages and messages[0].get("from") == "gpt":
+        messages = messages[1:]
+    inputs, current = [], ""
+    for m in messages:
+        if m.get("from") not in ROLES:
+            return None, "role_invalid"
+        if not isinstance(m.get("value"), str):
+            return None, "conversations_invalid"
+        if m["from"] == "human":
+            # llava_map_fn removes every <image> of a message and puts one back in front
+            current += (IMAGE_TOKEN if IMAGE_TOKEN in m["value"] else "") + "\n"
+        else:
+            inputs.append(current)
+            current = ""
+    return inputs, None
+
+
+def _column_kept(first: object) -> bool:
+    """Whether the first sample gives the Dataset an `image` column (mg_llava/dataset/llava.py:54-70, 76)."""
+    if not isinstance(first, dict):
+        return False
+    return "image" in first or bool(first.get("video")) or "model" in first
+
+
+# ------------------------------------------------------------------------------------------------ counts
+
+
+@dataclass
+class Finding:
+    count: int = 0
+    first: list[str] = field(default_factory=list)
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.first) < LISTED:
+            self.first.append(what)
 
 
 @dataclass
@@ -72,33 +322,37 @@ class PrefixCounts:
     present: int = 0
     missing: int = 0
     broken: int = 0
+    skipped: int = 0
     first_missing: list[str] = field(default_factory=list)
 
     def add(self, path: str, status: Status) -> None:
         self.referenced += 1
-        if status == "present":
-            self.present += 1
-            return
-        if status == "missing":
-            self.missing += 1
-        else:
-            self.broken += 1
-        if len(self.first_missing) < LISTED_PER_PREFIX:
+        setattr(self, status, getattr(self, status) + 1)
+        if status != "present" and len(self.first_missing) < LISTED_PER_PREFIX:
             self.first_missing.append(path)
+
+
+_RESOLVED_RULE = {"missing": "image_missing", "broken": "image_broken", "skipped": "image_skipped"}
 
 
 @dataclass
 class Check:
-    """The outcome of checking training JSONs; `as_report()` is report.json's `ready_to_train`."""
+    """The outcome of checking training JSONs; `as_report()` is report.json's `ready_to_train`.
 
+    `workers` > 1 resolves images in a thread pool (a decoding resolver); results are taken in sample order, so the
+    first offending paths are the same whatever the thread timing. `progress(samples, images)` is called as it goes.
+    """
+
+    workers: int = 1
+    progress: Callable[[int, int], None] | None = None
     files: list[dict] = field(default_factory=list)
     prefixes: dict[str, PrefixCounts] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=lambda: {r: Finding() for r in RULES})
     samples: int = 0
     text_only: int = 0
-    ids_without_boxes: int = 0
     first_missing: list[str] = field(default_factory=list)
     first_broken: list[str] = field(default_factory=list)
-    first_ids_without_boxes: list[str] = field(default_factory=list)
+    skipped_reasons: dict[str, str] = field(default_factory=dict)
 
     def check_file(
         self,
@@ -109,34 +363,105 @@ class Check:
         boxes_name: str | None = None,
         boxes: BinaryIO | None = None,
     ) -> dict:
-        """Stream one training JSON (and its bbox JSON) through the check; returns the file's own counts."""
+        """Stream one training JSON (and its bbox JSON) through the contract; returns the file's own counts."""
         started = time.monotonic()
-        box_ids = read_box_ids(boxes, label=boxes_name or "bbox JSON") if boxes is not None else None
+        box = Boxes.read(boxes, label=boxes_name or "bbox JSON") if boxes is not None else None
         own = {"json": name, "boxes": boxes_name, "status": "checked", "samples": 0, "text_only": 0}
-        own |= {"referenced": 0, "present": 0, "missing": 0, "broken": 0, "ids_without_boxes": 0}
-        for sample_id, images in iter_samples(samples, label=name):
-            own["samples"] += 1
-            if not images:
-                own["text_only"] += 1
-                continue
-            if box_ids is not None and sample_id not in box_ids:
-                own["ids_without_boxes"] += 1
-                if len(self.first_ids_without_boxes) < LISTED:
-                    self.first_ids_without_boxes.append(sample_id)
-            for path in images:
-                status = resolve(path)
-                own["referenced"] += 1
-                own[status] += 1
-                self.prefixes.setdefault(prefix_of(path), PrefixCounts()).add(path, status)
-                listed = {"missing": self.first_missing, "broken": self.first_broken}.get(status)
-                if listed is not None and len(listed) < LISTED:
-                    listed.append(path)
-        own["box_entries"] = len(box_ids) if box_ids is not None else None
+        own |= {
+            "referenced": 0,
+            "present": 0,
+            "missing": 0,
+            "broken": 0,
+            "skipped": 0,
+            "ids_without_boxes": 0,
+        }
+        own_findings = {r: 0 for r in RULES}
+
+        def hit(rule: str, what: str) -> None:
+            own_findings[rule] += 1
+            self.findings[rule].add(what)
+
+        if box is not None and box.without_id:
+            for i in box.first_without_id:
+                hit("box_entry_without_id", f"{boxes_name}[{i}]")
+            rest = box.without_id - len(box.first_without_id)  # counted, not listed
+            own_findings["box_entry_without_id"] += rest
+            self.findings["box_entry_without_id"].count += rest
+
+        def settle(image: str, status: Status) -> None:
+            own["referenced"] += 1
+            own[status] += 1
+            self.prefixes.setdefault(prefix_of(image), PrefixCounts()).add(image, status)
+            if status != "present":
+                hit(_RESOLVED_RULE[status], image)
+                listed = self.first_broken if status == "broken" else self.first_missing
+                if len(listed) < LISTED:
+                    listed.append(image)
+                reason = getattr(resolve, "skipped_reasons", {}).get(data_relative(image) or image)
+                if status == "skipped" and reason and len(self.skipped_reasons) < LISTED:
+                    self.skipped_reasons[image] = reason
+
+        pending: deque[tuple[str, Future | Status]] = deque()
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        first_type: str | None = None
+        column = True
+        image_samples = 0
+        try:
+            try:
+                _, items = _items(samples, name)
+                for index, raw in enumerate(items):
+                    s = read_sample(raw)
+                    own["samples"] += 1
+                    if index == 0:
+                        column = _column_kept(raw)
+                    where = f"#{index}" if s.id_type is None else s.label
+                    for rule in s.problems:
+                        hit(rule, where)
+                    if s.id_type is not None:
+                        first_type = first_type or s.id_type
+                        if s.id_type != first_type:
+                            hit("id_types_mixed", f"{s.label} ({s.id_type}, first was {first_type})")
+                    if not s.image or "image_not_string" in s.problems:
+                        own["text_only"] += not s.image
+                        continue
+                    if s.dropped:
+                        hit("dropped_before_reading", where)
+                        continue
+                    image_samples += 1
+                    if box is not None:
+                        key = s.key if isinstance(s.key, str) else None  # a float or null id never matches
+                        if key is None or key not in box.keys:
+                            hit("boxes_missing", s.label)
+                        elif key in box.malformed:
+                            hit("boxes_malformed", f"{s.label}: {box.malformed[key]}")
+                    image = s.image
+                    pending.append((image, pool.submit(resolve, image) if pool else resolve(image)))
+                    while len(pending) > (4 * self.workers if pool else 0):
+                        image, status = pending.popleft()
+                        settle(image, status.result() if isinstance(status, Future) else status)
+                    if self.progress and own["samples"] % 1000 == 0:
+                        self.progress(self.samples + own["samples"], own["referenced"])
+            except ijson.JSONError as e:
+                raise AnnotationError(f"{name}: not valid JSON ({e})") from None
+            while pending:
+                image, status = pending.popleft()
+                settle(image, status.result() if isinstance(status, Future) else status)
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
+        if not column and image_samples:
+            own_findings["image_column_dropped"] = image_samples
+            self.findings["image_column_dropped"].count += image_samples
+            self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
+        own["ids_without_boxes"] = own_findings["boxes_missing"]
+        own["findings"] = {r: n for r, n in own_findings.items() if n}
+        own["box_entries"] = len(box.keys) if box is not None else None
         own["seconds"] = round(time.monotonic() - started, 3)
         self.samples += own["samples"]
         self.text_only += own["text_only"]
-        self.ids_without_boxes += own["ids_without_boxes"]
         self.files.append(own)
+        if self.progress:
+            self.progress(self.samples, own["referenced"])
         return own
 
     def absent(self, name: str, boxes_name: str | None, *, optional: bool, why: str) -> None:
@@ -149,106 +474,170 @@ class Check:
             }
         )
 
-    def as_report(self, catalog: Catalog | None = None) -> dict:
-        kinds = ("referenced", "present", "missing", "broken")
+    def as_report(self, catalog: Catalog | None = None, *, sources: dict[str, dict] | None = None) -> dict:
+        """`sources`: the run's per-source {status, error}, so a missing prefix says why its source has nothing."""
+        kinds = ("referenced", "present", "missing", "broken", "skipped")
         total = {k: sum(getattr(p, k) for p in self.prefixes.values()) for k in kinds}
         checked = any(f["status"] == "checked" for f in self.files)
         required_absent = [f["json"] for f in self.files if f["status"] == "absent"]
-        ready = (
-            checked
-            and not required_absent
-            and total["missing"] == total["broken"] == self.ids_without_boxes == 0
-        )
+        blocking = {r: f.count for r, f in self.findings.items() if f.count and RULES[r][0] != "dropped"}
+        ready = checked and not required_absent and not blocking
         by_prefix = {}
         for prefix, counts in sorted(self.prefixes.items()):
             provider = catalog.provider(prefix + "/") if catalog is not None else None
+            state = (sources or {}).get(provider) if provider else None
             by_prefix[prefix] = {
                 "source": provider,
                 "note": None if provider or catalog is None else NO_PROVIDER,
-                "referenced": counts.referenced,
-                "present": counts.present,
-                "missing": counts.missing,
-                "broken": counts.broken,
+                "source_status": state.get("status") if state else None,
+                "source_error": state.get("error") if state else None,
+                **{k: getattr(counts, k) for k in kinds},
                 "first_missing": counts.first_missing,
             }
+        findings = {
+            rule: {
+                "effect": RULES[rule][0],
+                "what": RULES[rule][1],
+                "trainer": RULES[rule][2],
+                "count": f.count,
+                "first": f.first,
+            }
+            for rule, f in self.findings.items()
+        }
         return {
             "checked": checked,
             "ready": ready,
-            "note": _verdict(checked, ready, required_absent, total, self.ids_without_boxes),
+            "note": _verdict(checked, ready, required_absent, total, by_prefix, findings),
             **total,
             "missing_by_prefix": {p: c.missing for p, c in sorted(self.prefixes.items()) if c.missing},
-            "ids_without_boxes": self.ids_without_boxes,
+            "ids_without_boxes": self.findings["boxes_missing"].count,
             "samples": self.samples,
             "text_only": self.text_only,
+            "dropped_before_reading": self.findings["dropped_before_reading"].count,
+            "findings": findings,
             "by_prefix": by_prefix,
             "unprovided_prefixes": sorted(p for p, b in by_prefix.items() if b["note"] == NO_PROVIDER),
             "first_missing": self.first_missing,
             "first_broken": self.first_broken,
-            "first_ids_without_boxes": self.first_ids_without_boxes,
+            "first_ids_without_boxes": self.findings["boxes_missing"].first,
+            "skipped_at_extraction": self.skipped_reasons,
             "files": self.files,
         }
 
 
-def _verdict(checked: bool, ready: bool, absent: list[str], total: dict, no_boxes: int) -> str:
+def _verdict(
+    checked: bool, ready: bool, absent: list[str], total: dict, by_prefix: dict, findings: dict
+) -> str:
+    dropped = findings["dropped_before_reading"]["count"]
     if ready:
-        return f"ready to train: all {total['referenced']:,} referenced images are usable and every sample has boxes"
+        return (
+            f"ready to train: all {total['referenced']:,} referenced images open as the trainer opens them and "
+            f"every image sample has well-formed boxes"
+            + (f" ({dropped:,} samples the trainer drops before reading, not required)" if dropped else "")
+        )
     if not checked:
         return "not checked: no training JSON is in the store yet" + (
             f" ({', '.join(absent)})" if absent else ""
         )
-    problems = [
-        f"{n:,} {what}" for n, what in ((total["missing"], "images missing"), (total["broken"], "broken"))
-    ]
-    problems += [f"{no_boxes:,} image samples without boxes"] + [f"{a} absent" for a in absent]
-    return "not ready: " + ", ".join(p for p in problems if not p.startswith("0 "))
+    problems = []
+    for prefix, p in by_prefix.items():
+        if p["missing"]:
+            why = ""
+            if p["source"] and p["source_status"] not in (None, "ok"):
+                why = f": source {p['source']} {p['source_status']}" + (
+                    f" ({_short(p['source_error'])})" if p["source_error"] else ""
+                )
+            elif p["note"]:
+                why = f": {p['note']}"
+            problems.append(f"{p['missing']:,} {prefix} missing{why}")
+    for rule, f in findings.items():
+        if f["count"] and f["effect"] != "dropped" and rule != "image_missing":
+            problems.append(f"{f['count']:,} {f['what']}")
+    problems += [f"{a} absent" for a in absent]
+    return "not ready: " + "; ".join(problems)
+
+
+def _short(error: str) -> str:
+    """The first sentence of a source's error (a skipped DocVQA's says where to register)."""
+    first = error.split(". ")[0].strip()
+    if len(first) <= 100:
+        return first
+    cut = first.rfind(", ", 0, 100)
+    return (first[:cut] if cut > 0 else first[:100]) + ", ..."
 
 
 # ------------------------------------------------------------------------------------------------ resolvers
 
 
+def trainer_opens(path: str | os.PathLike) -> str | None:
+    """Open and convert a file exactly as the trainer does (Pillow defaults); None if it works, else why not.
+
+    Above MAX_IMAGE_PIXELS Pillow only warns (DecompressionBombError comes above twice that); the warning is left to
+    the caller's filters (`verify` ignores it), since changing filters here would race across threads."""
+    from PIL import Image
+
+    from mgdata.images import EXTERNAL_PROGRAM_FORMATS
+
+    try:
+        with Image.open(path) as im:
+            if im.format in EXTERNAL_PROGRAM_FORMATS:
+                return f"{im.format} runs an external program to decode; not checked, not accepted"
+            im.convert("RGB")
+    except Exception as e:  # what the trainer would raise
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike | None = None) -> Resolver:
-    """Status of a data/-relative path from the sources' latest manifests (and the local tree when there is one)."""
+    """Status of an image from the sources' latest manifests (and the local tree when there is one)."""
     import pyarrow.compute as pc
 
     from mgdata import manifest
+    from mgdata.extract import read_skipped
 
     usable: set[str] = set()
     quarantined: set[str] = set()
+    skipped: dict[str, str] = {}
     for source in sources:
         table = manifest.read_table(store, manifest.source_key(source), columns=["path", "status"])
-        if table is None:
-            continue
-        usable.update(manifest.usable(table)["path"].to_pylist())
-        # `missing` rows (dead URLs) have no file at all: missing, not broken
-        quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
+        if table is not None:
+            usable.update(manifest.usable(table)["path"].to_pylist())
+            # `missing` rows (dead URLs) have no file at all: missing, not broken
+            quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
+        skipped.update(read_skipped(store, source)[0])
     root = Path(layout_dir) if layout_dir else None
 
-    def resolve(path: str) -> Status:
+    def resolve(image: str) -> Status:
+        path = data_relative(image)
+        if path is None and root is not None and image.startswith("/"):
+            inside = Path(posixpath.normpath(image))
+            path = str(inside.relative_to(root)) if inside.is_relative_to(root) else None
+        if path is None:
+            return "missing"
         if path in usable:
             return "present" if root is None or (root / path).is_file() else "missing"
-        return "broken" if path in quarantined else "missing"
+        if path in quarantined:
+            return "broken"
+        return "skipped" if path in skipped else "missing"
 
+    resolve.skipped_reasons = skipped  # type: ignore[attr-defined]
     return resolve
 
 
-def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = False) -> Resolver:
-    """Status of a path in a local data/ folder: present if a non-empty file (that decodes fully, with `decode`)."""
-    root = Path(data_dir)
+def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Resolver:
+    """Status of an image in a local data/ folder, joined as the trainer joins it; `decode`: opened as it opens it."""
+    root = os.fspath(data_dir)
 
-    def resolve(path: str) -> Status:
+    def resolve(image: str) -> Status:
+        path = os.path.join(root, image)
         try:
-            size = (root / path).stat().st_size
-        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.isfile(path):
+                return "missing"
+        except (OSError, ValueError):
             return "missing"
-        if size == 0:
-            return "broken"
-        if decode:
-            from mgdata.images import check_image
-
-            return (
-                "broken" if check_image((root / path).read_bytes(), path).status == "invalid" else "present"
-            )
-        return "present"
+        if not decode:
+            return "present"
+        return "broken" if trainer_opens(path) else "present"
 
     return resolve
 
@@ -256,13 +645,26 @@ def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = False) -> Res
 # ------------------------------------------------------------------------------------------------ the run's check
 
 
-def check_store(store, catalog: Catalog, *, layout_dir: str | os.PathLike | None = None) -> dict:
-    """Check every training JSON the catalog declares against the store's manifests (report.json `ready_to_train`)."""
+def check_store(
+    store,
+    catalog: Catalog,
+    *,
+    layout_dir: str | os.PathLike | None = None,
+    sources: dict[str, dict] | None = None,
+) -> dict:
+    """Check every training JSON the catalog declares against the store's manifests (report.json `ready_to_train`).
+
+    `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing."""
     resolve = store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
+    from mgdata.extract import read_skipped
+
     check = Check()
     for t in catalog.training:
         _check_declared(store, check, t, resolve)
-    return check.as_report(catalog)
+    report = check.as_report(catalog, sources=sources)
+    members = {name: read_skipped(store, name)[1] for name in catalog.sources}
+    report["skipped_members"] = {name: r for name, r in members.items() if r}
+    return report
 
 
 def _check_declared(store, check: Check, t: TrainingFile, resolve: Resolver) -> None:

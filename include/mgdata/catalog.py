@@ -21,7 +21,20 @@ SourceKind = Literal["http", "huggingface", "gdrive", "urllist", "manual"]
 # urllist: a JSON of id -> {imageURL, ...} (OCR-VQA's dataset.json); each image is fetched to <target>/<id>.jpg
 ArchiveKind = Literal["zip", "tar", "tar.gz", "none", "urllist"]
 
-IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.gif", "*.webp", "*.bmp", "*.tif", "*.tiff"]
+# matched against the lower-cased name: .JPG and .Jpeg are taken too
+IMAGE_PATTERNS = [
+    "*.jpg",
+    "*.jpeg",
+    "*.jpe",
+    "*.jfif",
+    "*.mpo",
+    "*.png",
+    "*.gif",
+    "*.webp",
+    "*.bmp",
+    "*.tif",
+    "*.tiff",
+]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEX = {"md5": 32, "sha1": 40, "sha256": 64}
 
@@ -155,22 +168,31 @@ class RemoteFile(_Model):
 
     def map_member(self, member: str) -> str | None:
         """The data/-relative path a member lands at, or None when the member is not taken."""
+        path, skipped = self.place_member(member)
+        return None if skipped else path
+
+    def place_member(self, member: str) -> tuple[str | None, str | None]:
+        """(path, None) for a member taken; (the path it would have had or None, why not) for one skipped."""
         name = member
+        fork = any(p == "__MACOSX" or p.startswith("._") for p in name.split("/"))
         if self.member_prefix:
             if not name.startswith(self.member_prefix):
-                return None
+                return None, "macOS resource fork" if fork else f"outside {self.member_prefix}"
             name = name[len(self.member_prefix) :]
         parts = [p for p in name.split("/") if p not in ("", ".")]  # tar -C dir . gives ./images/x.jpg
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            return None
-        parts = parts[self.strip_components :]
-        if not parts:
-            return None
+        kept = parts[self.strip_components :]
+        if not kept:
+            return None, "directory"
         if self.flatten:
-            parts = parts[-1:]
-        if not any(fnmatch.fnmatch(parts[-1].lower(), pat) for pat in self.include):
-            return None
-        return "/".join([self.target, *parts])
+            kept = kept[-1:]
+        path = "/".join([self.target, *kept])
+        if fork:
+            return path, "macOS resource fork"
+        if any(p.startswith(".") for p in parts):
+            return path, "hidden file"
+        if not any(fnmatch.fnmatch(kept[-1].lower(), pat) for pat in self.include):
+            return path, "not an image name"
+        return path, None
 
 
 class Source(_Model):

@@ -216,6 +216,8 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
         for m, t in zip(wanted, (f.map_member(m.name) for m in wanted), strict=True):
             if t and (why := path_problem(t) or claims.claim(t)):
                 refused[m.name] = why
+        taken = {id(m) for m in wanted}  # rows to come; every other member is a counted skip
+        record_skipped(store, source, f, [m for m in members if id(m) not in taken])
         shards = plan_zip_shards(wanted, shard_bytes=d.shard_bytes, max_shards=d.max_shards)
         specs = [
             {
@@ -264,6 +266,52 @@ def _carry_over(store, source: str, f: RemoteFile, items: list[tuple[str, str]])
         manifest.write_table(store, f"{manifest.parts_prefix(source, f.name)}carried.parquet", carried)
         log.info("%s/%s: %d images kept (same URL, or moved to another host only)", source, f.name, len(kept))
     return [(i, u) for i, u in items if f"{f.target}/{i}.jpg" not in kept]
+
+
+# per file: the would-be paths of skipped members kept, so a training path can say why it is absent
+SKIPPED_PATHS_KEPT = 10_000
+SKIPPED_EXAMPLES = 5
+
+
+def skipped_key(source: str, file: str) -> str:
+    return f"state/{source}/skipped/{file}.json"
+
+
+def record_skipped(store, source: str, f: RemoteFile, members: list[Member]) -> dict:
+    """Every member that is neither a manifest row nor extracted, counted by reason with examples: nothing is dropped
+    silently. `paths`: where the member would have landed, for the ready-to-train check."""
+    counts: dict[str, int] = {}
+    first: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    for m in members:
+        path, reason = (None, "directory") if m.kind == "dir" else f.place_member(m.name)
+        shadowed = reason is None  # taken otherwise: a later member of the same path is the one extracted
+        reason = reason or "shadowed by a later member of the same path"
+        counts[reason] = counts.get(reason, 0) + 1
+        examples = first.setdefault(reason, [])
+        if len(examples) < SKIPPED_EXAMPLES:
+            examples.append(m.name)
+        if path and not shadowed and len(paths) < SKIPPED_PATHS_KEPT:
+            paths[path] = reason
+    record = {"file": f.name, "skipped": len(members), "counts": counts, "first": first, "paths": paths}
+    store.put_bytes(skipped_key(source, f.name), json.dumps(record).encode())
+    if members:
+        log.info("%s/%s: %d member(s) not extracted: %s", source, f.name, len(members), counts)
+    return record
+
+
+def read_skipped(store, source: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """(would-be path -> reason, reason -> {count, first}) over the source's files' skip records."""
+    paths: dict[str, str] = {}
+    reasons: dict[str, dict] = {}
+    for obj in store.list(f"state/{source}/skipped/"):
+        record = json.loads(store.read_bytes(obj.key))
+        paths.update(record.get("paths") or {})
+        for reason, n in (record.get("counts") or {}).items():
+            r = reasons.setdefault(reason, {"count": 0, "first": []})
+            r["count"] += n
+            r["first"] = (r["first"] + record["first"].get(reason, []))[:SKIPPED_EXAMPLES]
+    return paths, reasons
 
 
 def extract(run: Run, source: str, shard_id: str) -> dict:
@@ -371,6 +419,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                 # the earlier one's is done, and removes the earlier object, so the stored bytes are always the
                 # last member's and so is the one row the part keeps.
                 claims, landing = PathClaims(), {}
+                tar_skipped: list[Member] = []
                 with store.open_range(key) as stream:
                     compression = "gz" if spec["archive"] == "tar.gz" else ""
                     for member, data in iter_tar(
@@ -383,6 +432,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                         if member.kind == "dir" or not (
                             target or unsafe_reason(member, max_member_bytes=d.max_member_bytes)
                         ):
+                            tar_skipped.append(member)
                             continue
                         earlier = landing.get(target) if target else None
                         clash = None
@@ -393,6 +443,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                         future = submit(from_tar, member, data, clash, earlier is not None)
                         if target and (earlier is not None or clash is None):
                             landing[target] = future
+                record_skipped(store, source, f, tar_skipped)
             elif spec["archive"] == "urllist":  # URL-list shards fetch their images right here
                 from mgdata.fetch.urllist import ingest_urls
 

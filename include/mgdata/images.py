@@ -32,11 +32,16 @@ __all__ = [
     "to_jpeg",
 ]
 
-# Formats a training image may come in. Restricting Image.open to these keeps exotic plugins (EPS
-# shells out to Ghostscript, for example) out of reach of whatever a URL happens to serve.
+# Formats stored as they are when the name promises them; any other format Pillow opens by default (the trainer's
+# `Image.open` has no `formats=`) is re-encoded to what the name promises, so nothing the trainer could read is lost.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
 
-# Pillow's own threshold; read once at import so later changes to the global cannot move it.
+# Plugins that run an external program to decode (EPS and PostScript shell out to Ghostscript): never run on data
+# from the internet, whatever Pillow's defaults allow; rejected with that reason.
+EXTERNAL_PROGRAM_FORMATS: frozenset[str] = frozenset({"EPS"})
+
+# Pillow's warning threshold; read once at import so later changes to the global cannot move it. Pillow itself raises
+# (DecompressionBombError) only above twice this, so that is where an image stops being one the trainer opens.
 DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 # What each file extension promises. MPO is a JPEG with extra frames appended (phone cameras) and
@@ -44,6 +49,9 @@ DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 _EXTENSION_FORMATS: dict[str, str] = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".mpo": "JPEG",
     ".png": "PNG",
     ".gif": "GIF",
     ".webp": "WEBP",
@@ -75,10 +83,9 @@ _HIGH_DEPTH_TARGETS = frozenset({"PNG", "TIFF"})  # can store 16-bit greyscale a
 # which would then race each other across the worker threads.
 Image.init()
 
-# What actually goes to Image.open. MPO registers no opener of its own - the JPEG opener returns an
-# MpoImageFile when it sees MP data - and naming an unregistered format makes Image.open raise
-# KeyError for every input no earlier format claims, so it is filtered out here.
-_OPEN_FORMATS: tuple[str, ...] = tuple(fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN)
+# What goes to Image.open: every format Pillow registers (as the trainer's Image.open does). MPO registers no opener of
+# its own - the JPEG opener returns an MpoImageFile when it sees MP data.
+_OPEN_FORMATS: tuple[str, ...] = tuple(Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class ImageCheck:
     format: str | None  # Pillow format name of the ORIGINAL bytes; None if unidentified
     width: int | None
     height: int | None
-    error: str | None  # reason when invalid; a short note when normalized; None when ok
+    error: str | None  # reason when invalid; a short note when normalized, or ok above the warning threshold
     data: bytes  # bytes to store: the original for ok and invalid, the re-encoded bytes for normalized
 
 
@@ -115,15 +122,25 @@ def check_image(
         with Image.open(BytesIO(data), formats=_OPEN_FORMATS) as im:
             fmt = im.format
             width, height = im.size
-            # The header alone gives the size, so a bomb is rejected before a single byte is
-            # allocated for pixels.
-            if width * height > max_pixels:
-                return _invalid(data, _bomb_reason(width, height, max_pixels), fmt, width, height)
+            if fmt in EXTERNAL_PROGRAM_FORMATS:
+                return _invalid(
+                    data, f"unsafe format: {fmt} runs an external program to decode", fmt, width, height
+                )
+            # The header alone gives the size, so a bomb is rejected before a single byte is allocated for pixels:
+            # above twice the warning threshold, where Pillow raises and the trainer could not open it either.
+            if width * height > 2 * max_pixels:
+                return _invalid(data, _bomb_reason(width, height, 2 * max_pixels), fmt, width, height)
+            note = (
+                f"{width}x{height} = {width * height} px, above Pillow's warning threshold {max_pixels} "
+                "(opens with a DecompressionBombWarning)"
+                if width * height > max_pixels
+                else None
+            )
             im.load()
             width, height = im.size
             target = _extension_format(name)
             if target is None or _format_matches(fmt, target) or not reencode_mismatched:
-                return ImageCheck("ok", fmt, width, height, None, data)
+                return ImageCheck("ok", fmt, width, height, note, data)
             return _normalize(im, data, fmt, target, name)
     except UnidentifiedImageError:
         return _invalid(data, _describe_unidentified(data))

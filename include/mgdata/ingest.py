@@ -451,17 +451,11 @@ def finalize_source(run: Run, source: str) -> dict:
         "run_id": run.run_id,
     }
     put_json(store, run.key(source, "summary.json"), summary)
-    put_json(
-        store,
-        source_state_key(source),
-        {
-            "source": source,
-            "run_id": run.run_id,
-            "updated": summary["finished"],
-            "counts": counts,
-            "files": records,
-        },
-    )
+    state = {"source": source, "run_id": run.run_id, "counts": counts, "files": records}
+    recorded = read_json(store, source_state_key(source)) or {}
+    # A retry or a cleared task of the same run that changed nothing leaves the state exactly as it was.
+    if {k: recorded.get(k) for k in state} != state:
+        put_json(store, source_state_key(source), state | {"updated": summary["finished"]})
     if journal is not None and not journal["done"]:  # the transaction is complete
         put_json(
             store, finalize_journal_key(source), journal | {"done": True, "finished": summary["finished"]}

@@ -123,7 +123,10 @@ def verify_run(run: Run) -> dict:
     if report is None:
         raise RuntimeError(f"run {run.run_id}: no report at {run.store.describe(key)} (did assemble run?)")
     layout_dir = run.settings.layout_dir if report.get("layout") else None
-    ready = check_store(run.store, run.catalog, layout_dir=layout_dir)
+    outcomes = {
+        name: {"status": o.get("status"), "error": o.get("error")} for name, o in report["sources"].items()
+    }
+    ready = check_store(run.store, run.catalog, layout_dir=layout_dir, sources=outcomes)
     report["ready_to_train"] = ready
     put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
@@ -161,7 +164,35 @@ def _ready_html(rt: dict) -> str:
         if rows
         else ""
     )
-    return f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}"
+    return f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}{_findings_html(rt)}"
+
+
+def _findings_html(rt: dict) -> str:
+    """The trainer's contract, rule by rule: what fired, how often, its first ids or paths; and members skipped."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><code>{e(rule)}</code></td><td>{e(f['effect'])}</td><td>{f['count']:,}</td><td>{e(f['what'])}</td>"
+        f"<td>{e(', '.join(map(str, f['first'][:5])))}</td><td>{e(f['trainer'])}</td></tr>"
+        for rule, f in (rt.get("findings") or {}).items()
+        if f["count"]
+    )
+    skipped = "".join(
+        f"<tr><td>{e(source)}</td><td>{e(reason)}</td><td>{r['count']:,}</td><td>{e(', '.join(r['first']))}</td></tr>"
+        for source, reasons in (rt.get("skipped_members") or {}).items()
+        for reason, r in reasons.items()
+    )
+    out = (
+        "<h3>Contract findings</h3><table><tr><th>rule</th><th>effect</th><th>count</th><th>what</th>"
+        f"<th>first</th><th>where the trainer does it</th></tr>{rows}</table>"
+        if rows
+        else ("<p>Contract findings: none.</p>" if rt.get("findings") else "")
+    )
+    if skipped:
+        out += (
+            "<h3>Archive members not extracted</h3><table><tr><th>source</th><th>reason</th><th>count</th>"
+            f"<th>examples</th></tr>{skipped}</table>"
+        )
+    return out
 
 
 def _paths_html(sources: dict) -> str:

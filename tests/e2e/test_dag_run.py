@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mgdata.mirror.build import build_mirror, write_catalog
+from mgdata.mirror.build import build_mirror, stand_in_routes, write_catalog
 from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import stand_in_routes
 from mgdata.storage import open_store, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -186,11 +185,18 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
             im.load()
     page = (tmp_path / "store" / "runs" / report["run_id"] / "report.html").read_text()
     assert page.count("<tr") > 6
-    # Ready to train: every image the training JSONs cite is usable under data/, every image sample has boxes
+    # Ready to train? Not while DocVQA is skipped: the instruct JSON cites docvqa/images like the real 1383K JSON, and
+    # the verdict says which prefix is missing and why; everything else the JSONs cite is usable and boxed
     ready = report["ready_to_train"]
-    assert ready["checked"] and ready["ready"], ready["note"]
-    assert ready["referenced"] == ready["present"] > 0 and ready["text_only"] >= 2
-    assert ready["missing"] == ready["broken"] == ready["ids_without_boxes"] == 0
+    docs = ready["by_prefix"]["docvqa/images"]["referenced"]
+    assert ready["checked"] and not ready["ready"] and docs > 0
+    assert ready["note"].startswith(
+        f"not ready: {docs} docvqa/images missing: source docvqa skipped (Register at https://rrc.cvc.uab.es/?ch=17"
+    ), ready["note"]
+    assert ready["referenced"] == ready["present"] + docs and ready["text_only"] >= 2
+    assert ready["missing"] == docs and ready["broken"] == ready["ids_without_boxes"] == 0
+    assert {r for r, f in ready["findings"].items() if f["count"]} == {"image_missing"}
+    assert len(ready["by_prefix"]) == 16  # the 15 instruct prefixes + LLaVA-Pretrain/images
     assert [f["status"] for f in ready["files"]] == ["checked"] * 3
     assert ready["by_prefix"]["coco/train2017"]["source"] == "coco" and "Ready to train" in page
     coco = report["sources"]["coco"]
@@ -204,6 +210,8 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     assert "Images per path" in page
 
     manifests = {o.key: store.read_bytes(o.key) for o in store.list("manifests/") if "/parts/" not in o.key}
+    # The one step the demo names: provide DocVQA's archive (the mirror's stand-in for it) in the store's inbox
+    store.put_file("inbox/docvqa/train.tar.gz", mirror.root / "datasets.cvc.uab.es/rrc/DocVQA/train.tar.gz")
     second = run_dag(airflow_home, **env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     again = latest_report(store)
@@ -214,7 +222,9 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
         assert s["diff"] == {"added": 0, "removed": 0, "changed": 0}
         assert s["diff_paths"] == {"added": [], "removed": [], "changed": []}
         assert s["diff_since"] == report["run_id"], name
+    assert again["sources"]["docvqa"]["status"] == "ok"
     assert again["ready_to_train"]["ready"], again["ready_to_train"]["note"]
+    assert again["ready_to_train"]["note"].startswith("ready to train")
     # An unchanged source ends at its plan: fetch, shard, extract and finalize never start. OCR-VQA is not unchanged
     # (its dead URLs are tried again), so its group runs through finalize.
     states = task_states(airflow_home, again["run_id"], **env)
@@ -230,7 +240,7 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     assert {
         o.key: store.read_bytes(o.key)
         for o in store.list("manifests/")
-        if "/parts/" not in o.key and o.key != "manifests/ocr_vqa.parquet"
+        if "/parts/" not in o.key and o.key != "manifests/ocr_vqa.parquet" and "docvqa" not in o.key
     } == manifests
 
 
@@ -265,7 +275,7 @@ def test_s3_store_run_then_unchanged_refresh(mirror, airflow_home, moto_endpoint
     data = [o for o in store.list("data/")]
     assert len(data) == sum(e["images"] for e in mirror.expected.values())
     assert store.stat("raw/coco/train2017.zip").size == mirror.expected["coco"]["bytes"]
-    assert report["ready_to_train"]["ready"], report["ready_to_train"]["note"]
+    assert "docvqa/images missing: source docvqa skipped" in report["ready_to_train"]["note"]
 
     second = run_dag(airflow_home, **env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

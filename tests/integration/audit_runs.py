@@ -100,11 +100,16 @@ def make_runs(store_url: str) -> list[str]:
         SourceFailed("gqa/images.zip: HTTP 503 from downloads.cs.stanford.edu"),
     )
     record_skipped(first, "llava_pretrain", "not in this run's `sources` selection")
+    turn = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
     samples = [
-        {"id": "000000000009", "image": "coco/train2017/000000000009.jpg", "conversations": []},
-        {"id": "9b", "image": "coco/train2017/000000000404.jpg", "conversations": []},
-        {"id": "sa_1", "image": "sam/images/sa_1.jpg", "conversations": []},
-        {"id": "t", "conversations": []},
+        {"id": "000000000009", "image": "coco/train2017/000000000009.jpg", "conversations": turn},
+        {"id": "9b", "image": "coco/train2017/000000000404.jpg", "conversations": turn},
+        {"id": "sa_1", "image": "sam/images/sa_1.jpg", "conversations": turn},
+        {"id": "t", "conversations": turn[1:]},
+        {
+            "id": "user-role",
+            "conversations": [{"from": "user", "value": "hi"}, turn[1]],
+        },  # NotImplementedError
     ]
     first.store.put_bytes(PRETRAIN, json.dumps(samples).encode())
     boxes = [{"id": i, "boxes": [], "scores": [], "labels": []} for i in ("000000000009", "9b")]

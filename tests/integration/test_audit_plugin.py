@@ -72,6 +72,9 @@ def test_run_page_with_a_bearer_token(client):
     assert "HTTP 503 from downloads.cs.stanford.edu" in html
     assert "sam/images" in html and "no catalog source provides this prefix" in html
     assert "coco/train2017/000000000404.jpg" in html
+    # the trainer's contract, rule by rule: what fired, how often, the first offending ids, where the trainer does it
+    assert 'id="findings"' in html and "role_invalid" in html and "user-role" in html
+    assert "llava_map_fn.py:44-45 (NotImplementedError)" in html
     assert "annotations/train_json/instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json" in html
     assert "+4 / −0 / ~0" in html and "Images per source" in html
     second = client.get(f"/mgdata-audit/runs/{quote(RUN_2, safe='')}", headers=headers).text

@@ -102,3 +102,81 @@ def test_skipped_with_the_exact_instructions_when_nothing_is_provided(tmp_path, 
     assert "inbox/docvqa/train.tar.gz" in message and "mgdata_docvqa" in message
     assert "inbox/docvqa/README.txt" in message
     assert store.stat("data/docvqa") is None
+
+
+def test_every_member_is_a_row_or_a_counted_skip_and_a_skipped_training_path_says_so(tmp_path, monkeypatch):
+    """An archive as users repack it (macOS forks, hidden files, upper-case and .jfif names, a readme): each member
+    ends as a manifest row or a counted, reasoned skip with examples; a training path skipped is not 'missing'."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from mgdata.annotations import check_store
+    from mgdata.catalog import load_catalog, parse_catalog
+
+    def image(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (10, 120, 200)).save(buf, fmt)
+        return buf.getvalue()
+
+    members = {
+        "train/": None,
+        "train/documents/": None,
+        "train/documents/a.png": image("PNG"),
+        "train/documents/B.JPG": image("JPEG"),
+        "train/documents/c.jfif": image("JPEG"),
+        "train/documents/.d.png": image("PNG"),
+        "__MACOSX/train/documents/._a.png": b"\x00\x05\x16\x07 AppleDouble",
+        "train/documents/notes.txt": b"scanned at 300 dpi",
+        "train/train_v1.0.json": b"{}",
+    }
+    archive = tmp_path / "train.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    monkeypatch.delenv("AIRFLOW_CONN_MGDATA_DOCVQA", raising=False)
+    store = LocalStore(tmp_path / "store")
+    store.put_file("inbox/docvqa/train.tar.gz", archive)
+    run = Run(Settings(storage=store.url, catalog=CATALOG), "r1")
+    assert ingest_source(run, "docvqa")["status"] == "ok"
+
+    rows = manifest.read_table(store, manifest.source_key("docvqa")).to_pylist()
+    assert sorted(r["path"] for r in rows) == [
+        "docvqa/images/B.JPG",
+        "docvqa/images/a.png",
+        "docvqa/images/c.jfif",
+    ]
+    assert {r["status"] for r in rows} == {"ok"}
+    record = json.loads(store.read_bytes("state/docvqa/skipped/train.tar.gz.json"))
+    assert record["counts"] == {
+        "directory": 2,
+        "hidden file": 1,
+        "macOS resource fork": 1,
+        "not an image name": 1,
+        "outside train/documents/": 1,
+    }
+    assert len(rows) + record["skipped"] == len(members)
+    assert record["first"]["not an image name"] == ["train/documents/notes.txt"]
+
+    raw = json.loads(json.dumps(load_catalog(SHIPPED_CATALOG).model_dump(by_alias=True)))
+    raw["training"] = [{"json": "annotations/t.json"}]
+    cited = ["docvqa/images/a.png", "docvqa/images/B.JPG", "docvqa/images/c.jfif", "docvqa/images/.d.png"]
+    conversation = [{"from": "human", "value": "<image>\nDate?"}, {"from": "gpt", "value": "1998"}]
+    samples = [{"id": str(i), "image": p, "conversations": conversation} for i, p in enumerate(cited)]
+    store.put_bytes("annotations/t.json", json.dumps(samples).encode())
+    report = check_store(store, parse_catalog(raw))
+    assert (report["present"], report["missing"], report["skipped"]) == (3, 0, 1)
+    assert report["findings"]["image_skipped"]["first"] == ["docvqa/images/.d.png"]
+    assert report["skipped_at_extraction"] == {"docvqa/images/.d.png": "hidden file"}
+    assert report["skipped_members"]["docvqa"]["hidden file"] == {
+        "count": 1,
+        "first": ["train/documents/.d.png"],
+    }
+    assert "1 image references whose archive member was skipped at extraction" in report["note"]

@@ -169,6 +169,10 @@ def test_catalog_pin_disagreeing_with_the_hub_fails_before_downloading(hub):
 
 
 def test_unchanged_refresh_fetches_nothing_and_a_moved_revision_fetches_again(hub):
+    # a catalog that follows `main` (the shipped one pins Vision-FLAN to a commit)
+    raw = yaml.safe_load(Path(hub.catalog).read_text())
+    raw["sources"]["allava_vflan"]["files"][0]["mirrors"][0]["revision"] = "main"
+    Path(hub.catalog).write_text(yaml.safe_dump(raw))
     first = ingest(hub, "allava_vflan", "r1")
     assert first["files_fetched"] == 1
     before = len(resolves(hub, "vision-flan"))

@@ -94,9 +94,17 @@ def test_missing_broken_text_only_duplicates_and_missing_boxes(data, jsons):
     assert (gqa["source"], gqa["broken"], gqa["first_missing"]) == ("gqa", 1, ["gqa/images/broken.jpg"])
     assert sam["source"] is None and sam["note"] == "no catalog source provides this prefix"
     assert report["unprovided_prefixes"] == ["sam/images"]
-    assert "2 images missing" in report["note"] and "1 image samples without boxes" in report["note"]
-    # without a full decode, a truncated file is only known to be there
-    assert run_check(*jsons, folder_resolver(data))["broken"] == 0
+    assert "1 coco/train2017 missing; 1 sam/images missing: no catalog source" in report["note"]
+    assert "1 image samples whose id has no entry in the bbox JSON" in report["note"]
+    assert report["findings"]["image_broken"] == {
+        "effect": "crash",
+        "what": "image references that Pillow (defaults) cannot open and convert('RGB')",
+        "trainer": "mg_llava/module/mg_llava_dataset.py:68 .convert('RGB')",
+        "count": 1,
+        "first": ["gqa/images/broken.jpg"],
+    }
+    # existence only (verify --fast), a truncated file is only known to be there
+    assert run_check(*jsons, folder_resolver(data, decode=False))["broken"] == 0
 
 
 def test_ready_when_everything_is_there(data, tmp_path):
@@ -112,8 +120,8 @@ def test_ready_when_everything_is_there(data, tmp_path):
 
 def test_not_an_array_of_samples_names_the_file(tmp_path, data):
     bad = tmp_path / "bad.json"
-    bad.write_text('[{"id": 1, "image": "coco/train2017/a.jpg"}, 3]')
-    with pytest.raises(AnnotationError, match="train.json: expected an array of sample objects"):
+    bad.write_text('{"id": 1, "image": "coco/train2017/a.jpg"}')
+    with pytest.raises(AnnotationError, match="train.json: expected a JSON array"):
         run_check(bad, None, folder_resolver(data))
     bad.write_text('[{"id": 1, "image": ')
     with pytest.raises(AnnotationError, match="train.json: not valid JSON"):
@@ -209,3 +217,168 @@ def test_large_json_is_streamed_within_a_memory_bound(tmp_path):
     # what is kept is the bbox ids (150K short strings, ~15 MB); the 190 MB of samples stream through
     print(f"peak {peak / 1e6:.1f} MB")
     assert peak < 40e6, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.0f} MB JSON"
+
+
+# ------------------------------------------------------------------------------------- the trainer's contract, rule by rule
+
+IMG = "coco/train2017/1.jpg"
+HUMAN = {"from": "human", "value": "<image>\nWhat is it?"}
+GPT = {"from": "gpt", "value": "A cat."}
+
+
+def s(i, image=IMG, conversations=(HUMAN, GPT), **extra) -> dict:
+    out = {"id": i, "conversations": list(conversations), **extra}
+    if image is not None:
+        out["image"] = image
+    return out
+
+
+def box(i, n=1, **extra) -> dict:
+    return {"id": i, "boxes": [[1, 2, 3, 4]] * n, "scores": [0.5] * n, "labels": ["cat"] * n, **extra}
+
+
+GOOD = s("a")
+# rule -> (training JSON, bbox JSON or None): each trains badly (or crashes) in MG-LLaVA, and today's check said ready
+VIOLATIONS = {
+    "sample_not_object": ([GOOD, ["not", "an", "object"]], None),
+    "id_missing": ([GOOD, {"image": IMG, "conversations": [HUMAN, GPT]}], None),
+    "id_types_mixed": ([GOOD, s(1.5)], None),
+    "image_not_string": ([GOOD, s("b", image=[IMG])], None),
+    "conversations_invalid": ([GOOD, {"id": "b", "image": IMG}], None),
+    "role_invalid": ([GOOD, s("b", conversations=[{"from": "user", "value": "<image>\nhi"}, GPT])], None),
+    "image_tokens": ([GOOD, s("b", conversations=[HUMAN, HUMAN, GPT])], None),
+    "image_column_dropped": ([s("t", image=None), GOOD], None),
+    "boxes_missing": ([s(7.0)], [box(7.0)]),  # a float id: str(7.0) keys the boxes, the lookup uses 7.0
+    "boxes_malformed": ([GOOD], [box("a", scores=[0.5, 0.4])]),
+    "box_entry_without_id": ([GOOD], [box("a"), {"boxes": [], "scores": [], "labels": []}]),
+}
+
+
+def check_files(tmp_path, samples, bbox=None, *, resolve=None) -> dict:
+    data = tmp_path / "data"
+    (data / "coco/train2017").mkdir(parents=True, exist_ok=True)
+    (data / IMG).write_bytes(jpeg())
+    train = tmp_path / "t.json"
+    train.write_text(json.dumps(samples))
+    if bbox is not None:
+        (tmp_path / "b.json").write_text(json.dumps(bbox))
+    return run_check(
+        train, tmp_path / "b.json" if bbox is not None else None, resolve or folder_resolver(data)
+    )
+
+
+@pytest.mark.parametrize("rule", sorted(VIOLATIONS))
+def test_each_rule_of_the_trainer_is_a_counted_finding(tmp_path, rule):
+    samples, bbox = VIOLATIONS[rule]
+    report = check_files(tmp_path, samples, bbox)
+    assert report["ready"] is False, report["note"]
+    fired = {r for r, f in report["findings"].items() if f["count"]}
+    assert fired == {rule}, report["findings"]
+    finding = report["findings"][rule]
+    assert finding["first"] and finding["effect"] in ("crash", "degrades")
+    assert finding["what"] in report["note"]
+
+
+def test_the_same_files_without_the_violation_are_ready(tmp_path):
+    report = check_files(tmp_path, [GOOD, s(2), s("t", image=None)], [box("a"), box("2"), box("t", n=0)])
+    assert report["ready"] is True, report["note"]
+    # a bbox JSON that is an object is used as is
+    report = check_files(tmp_path, [GOOD], {"a": box("a")})
+    assert report["ready"] is True, report["note"]
+
+
+def test_samples_dropped_before_reading_need_no_image_nor_boxes(tmp_path):
+    only_human = s("d", image="coco/train2017/absent.jpg", conversations=[HUMAN])
+    no_turns = s("e", image="coco/train2017/absent.jpg", conversations=[])
+    report = check_files(tmp_path, [GOOD, only_human, no_turns], [box("a")])
+    assert report["ready"] is True, report["note"]
+    assert report["dropped_before_reading"] == 2 and report["findings"]["dropped_before_reading"][
+        "first"
+    ] == ["d", "e"]
+    assert "2 samples the trainer drops before reading" in report["note"]
+
+
+def test_paths_resolve_as_os_path_join_under_data(tmp_path):
+    data = tmp_path / "data"
+    spellings = ["./" + IMG, "coco//train2017/1.jpg", "coco/train2017/../train2017/1.jpg", str(data / IMG)]
+    report = check_files(tmp_path, [s(i, image=p) for i, p in enumerate(spellings)])
+    assert report["ready"] is True and report["present"] == 4, report["note"]
+    assert set(report["by_prefix"]) == {"coco/train2017", "(outside data/)"}
+    # the store resolves the same way: one manifest path, every spelling present; an absolute path is outside data/
+    store = open_store((tmp_path / "store").as_uri())
+    manifest.write_table(
+        store,
+        manifest.source_key("coco"),
+        manifest.to_table([{"path": IMG, "status": "ok", "bytes": 1, "run_id": "r"}]),
+    )
+    resolve = store_resolver(store, ["coco"])
+    assert [resolve(p) for p in spellings] == ["present", "present", "present", "missing"]
+    assert store_resolver(store, ["coco"], layout_dir=data)(str(data / IMG)) == "present"
+
+
+def test_verdict_says_why_a_prefix_is_missing(tmp_path):
+    check = Check()
+    with open(tmp_path / "t.json", "wb") as f:
+        f.write(json.dumps([s("a", image="docvqa/images/x.png")]).encode())
+    with open(tmp_path / "t.json", "rb") as f:
+        check.check_file("t.json", f, lambda image: "missing")
+    error = (
+        "Register at https://rrc.cvc.uab.es/?ch=17, download train.tar.gz (Task 1). (Looked for inbox/...)"
+    )
+    report = check.as_report(
+        load_catalog(SHIPPED_CATALOG), sources={"docvqa": {"status": "skipped", "error": error}}
+    )
+    assert report["note"].startswith(
+        "not ready: 1 docvqa/images missing: source docvqa skipped (Register at https://rrc.cvc.uab.es/?ch=17"
+    )
+
+
+def test_verify_decodes_as_the_trainer_by_default_and_fast_says_what_it_skipped(data, tmp_path):
+    train = tmp_path / "broken.json"
+    train.write_text(json.dumps([sample("broken", "gqa/images/broken.jpg")]))
+    cmd = [sys.executable, "-m", "mgdata", "verify", "--data", str(data), "--json", str(train)]
+    decoded = subprocess.run(cmd, capture_output=True, text=True)
+    assert decoded.returncode == 1 and "image_broken" in decoded.stdout, decoded.stdout + decoded.stderr
+    fast = subprocess.run([*cmd, "--fast"], capture_output=True, text=True)
+    assert fast.returncode == 0, fast.stdout + fast.stderr
+    assert (
+        fast.stdout.startswith("ready to train") and "existence only (--fast)" in fast.stdout.splitlines()[0]
+    )
+
+
+def test_verify_shows_progress_on_a_terminal_only(data, jsons):
+    import os
+    import pty
+
+    train, bbox = jsons
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgdata",
+        "verify",
+        "--data",
+        str(data),
+        "--json",
+        str(train),
+        "--boxes",
+        str(bbox),
+    ]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"8 samples, 7 images checked" in shown, shown
+    piped = subprocess.run(cmd, capture_output=True, text=True)
+    assert "images checked" not in piped.stderr

@@ -219,14 +219,24 @@ def test_bomb_over_caller_limit_is_invalid() -> None:
     data = _encode(_noise_rgb((100, 100)), "PNG")
     result = check_image(data, "big.png", max_pixels=1000)
     assert result.status == "invalid"
-    assert result.error == "decompression bomb: 100x100 = 10000 px exceeds limit 1000"
+    # Pillow (and so the trainer) raises only above twice the limit: that is where an image is a bomb
+    assert result.error == "decompression bomb: 100x100 = 10000 px exceeds limit 2000"
     assert (result.width, result.height) == (100, 100)
 
 
+def test_above_the_warning_threshold_the_trainer_still_opens_it_so_it_is_kept_with_a_note() -> None:
+    data = _encode(_noise_rgb((40, 40)), "PNG")  # 1600 px: above a 1000 px warning threshold, below 2000
+    result = check_image(data, "big.png", max_pixels=1000)
+    assert (result.status, result.data) == ("ok", data)
+    assert (
+        result.error
+        == "40x40 = 1600 px, above Pillow's warning threshold 1000 (opens with a DecompressionBombWarning)"
+    )
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("side", [10_000, 30_000])  # between Pillow's warn and error limits; above both
-def test_header_only_png_bomb_is_invalid(side: int) -> None:
-    data = _png_header_only_bomb(side, side)
+def test_header_only_png_bomb_is_invalid() -> None:
+    data = _png_header_only_bomb(30_000, 30_000)  # above twice Pillow's limit: Pillow raises before decoding
     assert len(data) < 100
     result = check_image(data, "bomb.png")
     assert result.status == "invalid"
@@ -317,3 +327,33 @@ def test_concurrent_checks_match_serial() -> None:
     assert [(r.status, r.format, r.error) for r in threaded] == [
         (r.status, r.format, r.error) for r in serial
     ]
+
+
+# --- formats Pillow opens by default ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "target"), [("TGA", "a.jpg", "JPEG"), ("PPM", "b.png", "PNG"), ("ICO", "c.JPG", "JPEG")]
+)
+def test_a_format_the_trainer_opens_is_kept_reencoded_to_what_the_name_promises(fmt, name, target) -> None:
+    data = _encode(_noise_rgb((32, 32)), fmt)
+    result = check_image(data, name)
+    assert (result.status, result.format) == ("normalized", fmt), result.error
+    ext = name.rsplit(".", 1)[1].lower()
+    assert result.error == f"{fmt} content under .{ext} name, re-encoded to {target}"
+    with Image.open(BytesIO(result.data)) as im:
+        assert im.format == target and im.size == (32, 32)
+
+
+@pytest.mark.parametrize("name", ["x.jfif", "x.JPE", "x.mpo"])
+def test_jpeg_family_names_promise_jpeg(name) -> None:
+    assert check_image(_jpeg(), name).status == "ok"
+    assert check_image(_encode(_noise_rgb((8, 8)), "PNG"), name).status == "normalized"
+
+
+def test_eps_is_rejected_because_it_runs_an_external_program() -> None:
+    buffer = BytesIO()
+    _noise_rgb((16, 16)).save(buffer, "EPS")  # Pillow writes PostScript itself; reading it needs Ghostscript
+    result = check_image(buffer.getvalue(), "doc.jpg")
+    assert (result.status, result.format) == ("invalid", "EPS")
+    assert result.error == "unsafe format: EPS runs an external program to decode"

@@ -25,10 +25,10 @@ from mgdata.mirror.build import (
     ReplicaFile,
     build_mirror,
     load_replicas,
+    stand_in_routes,
     write_catalog,
 )
 from mgdata.mirror.media import write_text_atomic
-from mgdata.mirror.web_replicas import stand_in_routes
 
 
 def _sources(value: str) -> list[str]:

@@ -53,6 +53,7 @@ from mgdata.mirror.media import (
     write_zip,
 )
 from mgdata.mirror.web_replicas import WEB_SOURCES
+from mgdata.mirror.web_replicas import routes as web_routes
 
 __all__ = [
     "DEAD_MIRROR_SOURCE",
@@ -300,14 +301,16 @@ def build_mirror(
     workers = max(1, min(len(names), workers if workers is not None else (os.cpu_count() or 1)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror-build") as pool:
         replicas = list(pool.map(build_one, names))
-    if hub_names:  # after the others: MG-LLaVA's training JSONs cite their images
-        replicas += hub.build_hub_replicas(
-            root, hub_names, images_per_source=images_per_source, seed=seed, raw_catalog=raw, others=replicas
-        )
     if web_names:
         from mgdata.mirror.web_replicas import build_web_replicas
 
         replicas += build_web_replicas(root, raw, web_names, images_per_source, seed)
+    if (
+        hub_names
+    ):  # after every other replica: MG-LLaVA's training JSONs cite their images (mirror/training_json)
+        replicas += hub.build_hub_replicas(
+            root, hub_names, images_per_source=images_per_source, seed=seed, raw_catalog=raw, others=replicas
+        )
     write_text_atomic(root / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=2) + "\n")
     return replicas
 
@@ -376,3 +379,10 @@ def write_catalog(
     body = yaml.dump(raw, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)
     write_text_atomic(out, header + body)
     return out
+
+
+def stand_in_routes(root: Path) -> list:
+    """Every stand-in a mirror root was built with: the Hugging Face Hub (`hub.json`), Google Drive and the cover
+    host (`web.json`); the HTTP replicas need none. What `python -m mgdata.mirror serve` mounts."""
+    stand_in = hub.load_hub(Path(root))
+    return (stand_in.routes() if stand_in else []) + web_routes(root)

@@ -51,6 +51,7 @@ from mgdata.mirror.media import (
     write_zip,
 )
 from mgdata.mirror.server import Fault
+from mgdata.mirror.training_json import box_entry, caption_conversation
 
 HUB_JSON = "hub.json"
 BLOBS = "hub/lfs"
@@ -306,42 +307,6 @@ _VFLAN_TASKS = (
     "ExDark+object_recognition",
     "FairFace+gender_classification",
 )
-_CAPTIONS = (
-    "a red bicycle leaning against a brick wall",
-    "two dogs playing in the snow",
-    "a plate of pasta with basil on a wooden table",
-    "the skyline of a city at dusk",
-    "an old lighthouse on a rocky shore",
-)
-_LABELS = ("person", "dog", "car", "tree", "building", "sign", "table", "cup", "text", "chart")
-
-
-def _conversation(rng: random.Random, *, image: bool) -> list[dict]:
-    caption = rng.choice(_CAPTIONS)
-    prompt = "Describe the image briefly." if image else "Write a haiku about the sea."
-    return [
-        {"from": "human", "value": ("<image>\n" if image else "") + prompt},
-        {
-            "from": "gpt",
-            "value": caption
-            if image
-            else "Waves fold into foam / salt wind carries gull voices / the tide keeps its time",
-        },
-    ]
-
-
-def _boxes(rng: random.Random, sample_id: str) -> dict:
-    n = rng.randint(1, 4)
-    boxes = []
-    for _ in range(n):
-        x, y = rng.randrange(0, 300), rng.randrange(0, 200)
-        boxes.append([x, y, x + rng.randint(20, 200), y + rng.randint(20, 200)])
-    return {
-        "id": sample_id,
-        "boxes": boxes,
-        "scores": [round(rng.uniform(0.2, 0.95), 3) for _ in range(n)],
-        "labels": [rng.choice(_LABELS) for _ in range(n)],
-    }
 
 
 def build_hub_replicas(
@@ -427,7 +392,7 @@ def build_hub_replicas(
         )
         data_paths["llava_pretrain"] = [f"LLaVA-Pretrain/images/{n}" for n in good]
         meta = [
-            {"id": n.split("/")[1][:-4], "image": n, "conversations": _conversation(rng, image=True)}
+            {"id": n.split("/")[1][:-4], "image": n, "conversations": caption_conversation(rng, image=True)}
             for n in good
         ]
         stage("llava_pretrain", "blip_laion_cc_sbu_558k.json", json.dumps(meta).encode())
@@ -478,46 +443,28 @@ def build_hub_replicas(
 
     if "mgllava_annotations" in sources:
         rng = rng_for("mgllava_annotations")
-        others_paths = _valid_paths(root, others, catalog)
-        pretrain_pool = [
-            p for s in ("llava_pretrain", "allava_laion", "allava_vflan") for p in data_paths.get(s, [])
-        ]
-        instruct_pool = [p for s in sorted(others_paths) for p in others_paths[s]] + [
-            p
-            for s in ("allava_laion", "allava_vflan")
-            for p in data_paths.get(s, [])[: max(2, images_per_source // 4)]
-        ]
+        from mgdata.mirror.training_json import build_training_jsons, docvqa_stand_in, valid_image_paths
 
-        def samples(pool: list[str], tag: str) -> list[dict]:
-            out = [
-                {"id": f"{tag}_{i:06d}", "image": p, "conversations": _conversation(rng, image=True)}
-                for i, p in enumerate(pool)
-            ]
-            if out:  # the same id for the same image with another conversation (MG-LLaVA #1): not a duplicate
-                out.append({**out[0], "conversations": _conversation(rng, image=True)})
-            out.append(
-                {"id": f"{tag}_text_only", "conversations": _conversation(rng, image=False)}
-            )  # no image key
-            return out
-
-        pretrain, instruct = samples(pretrain_pool, "pretrain"), samples(instruct_pool, "instruct")
+        paths = valid_image_paths(root, others, catalog)
+        paths["docvqa/images"] = docvqa_stand_in(
+            root, catalog, images=max(3, images_per_source // 4), seed=seed
+        )[1]
+        for p in (p for cited in data_paths.values() for p in cited):  # the Hub image replicas built above
+            paths.setdefault("/".join(p.split("/")[:2]), []).append(p)
+        jsons = build_training_jsons(paths, rng, allava_share=max(2, images_per_source // 4))
+        instruct = jsons.instruct
         glob_entry, glob_mirror = mirror_of("mgllava_annotations", "train_json")
         folder = glob_mirror.path_glob.split("*")[0]
-        for name, data in (
-            ("pretrain_blip_allava_1266k.json", pretrain),
-            ("instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json", instruct),
-        ):
-            stage("mgllava_annotations", "train_json", json.dumps(data).encode(), path=folder + name)
-        for name, data in (
-            ("pretrain_blip_allava_1266k_only_box.json", pretrain),
-            ("instruct_llava_allava_doc_dvqa_share_ai2d_1383k_only_box.json", instruct),
-        ):
-            boxes = {s["id"]: _boxes(rng, s["id"]) for s in data if "image" in s}
-            stage("mgllava_annotations", name, json.dumps(list(boxes.values())).encode())
+        for repo_path, data in jsons.files(rng).items():
+            name = repo_path.rsplit("/", 1)[-1]
+            if repo_path.startswith(folder):
+                stage("mgllava_annotations", "train_json", data, path=folder + name)
+            else:
+                stage("mgllava_annotations", name, data)
         # What the model repo also holds and a fetch must never touch: evaluation boxes and a checkpoint.
         key = (glob_mirror.repo_type, glob_mirror.repo, glob_mirror.revision or "main")
         staged[key]["bbox_json/eval/LUMDdata_box/MMBench_DEV_EN_only_bbox.json"] = json.dumps(
-            [_boxes(rng, "0")]
+            [box_entry(rng, "0")]
         ).encode()
         staged[key]["MG-LLaVA-vicuna-7b/iter_5198.pth"] = (
             b"PK\x03\x04 not a real checkpoint " + rng.randbytes(4096)
@@ -557,23 +504,6 @@ def build_hub_replicas(
             )  # fmt: skip
         )
     return replicas
-
-
-def _valid_paths(root: Path, replicas: list, catalog) -> dict[str, list[str]]:
-    """The data/ paths of the valid image members of the zip replicas already built (what a training JSON may cite)."""
-    out: dict[str, list[str]] = {}
-    for r in replicas:
-        source = catalog.sources.get(r.source)
-        files = [f for f in (source.files if source else []) if f.name == r.name and f.archive == "zip"]
-        if not files or not zipfile.is_zipfile(Path(root) / r.relpath):
-            continue
-        bad = set(r.broken_members)
-        with zipfile.ZipFile(Path(root) / r.relpath) as archive:
-            for name in archive.namelist():
-                target = files[0].map_member(name)
-                if target and name not in bad:
-                    out.setdefault(r.source, []).append(target)
-    return out
 
 
 def point_catalog(raw: dict, base_url: str, replicas: list) -> None:

@@ -474,12 +474,3 @@ def routes(root: Path) -> list:
     for folder_id, (name, children) in spec["folders"].items():
         drive.add_folder(folder_id, name, [tuple(c) for c in children])
     return [*drive.routes(), (f"{COVERS}/", CoverHost(root, spec["covers"]))]
-
-
-def stand_in_routes(root: Path) -> list:
-    """Every stand-in a mirror root was built with: the Hugging Face Hub (`hub.json`), Google Drive and the cover
-    host (`web.json`); the HTTP replicas need none. What `python -m mgdata.mirror serve` mounts."""
-    from mgdata.mirror.hub import load_hub
-
-    hub = load_hub(Path(root))
-    return (hub.routes() if hub else []) + routes(root)
