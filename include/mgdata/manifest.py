@@ -16,6 +16,18 @@ import pyarrow.parquet as pq
 
 from mgdata.storage import Store
 
+# jemalloc, returning freed pages at once: finalize's merge and diff of a 1.3M-row manifest peak several hundred MB
+# above what they keep, and mimalloc (pyarrow's default here) holds on to that high-water mark for the rest of the
+# task. Measured with bench/bookkeeping.py (README, Performance).
+try:
+    pa.set_memory_pool(pa.jemalloc_memory_pool())
+    pa.jemalloc_set_decay_ms(0)
+except (
+    NotImplementedError,
+    pa.ArrowNotImplementedError,
+):  # a pyarrow built without jemalloc keeps its default
+    pass
+
 SCHEMA = pa.schema(
     [
         ("path", pa.string()),  # relative to data/
@@ -69,16 +81,27 @@ def empty() -> pa.Table:
 
 
 def merge(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate parts and sort by path; when a path appears twice the later part wins."""
+    """Concatenate parts and sort by path; when a path appears twice the later part wins.
+
+    One sort of (path, position) and one take of the whole table: no hash table of every path and no second copy
+    of the rows (at 1.3M rows the peak is about the input plus one output). Memory the pool keeps afterwards is
+    handed back to the system, since finalize goes on to read the previous manifest."""
     tables = [t for t in tables if t is not None and t.num_rows]
     if not tables:
         return empty()
     table = pa.concat_tables(tables)
-    # Keep the last occurrence of each path: index rows, then take the max index per path.
-    table = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
-    last = table.group_by("path").aggregate([("_i", "max")])
-    table = table.take(last["_i_max"]).drop_columns(["_i"])
-    return table.sort_by("path")
+    keys = pa.table({"path": table["path"], "at": pa.array(range(table.num_rows), pa.int64())})
+    order = pc.sort_indices(keys, sort_keys=[("path", "ascending"), ("at", "descending")])
+    del keys
+    paths = pc.take(table["path"], order).combine_chunks()
+    # the first row of each run of equal paths is the latest one
+    first = pc.not_equal(paths[1:], paths[:-1]) if len(paths) > 1 else pa.array([], pa.bool_())
+    keep = pa.concat_arrays([pa.array([True]), first])
+    del paths, first
+    merged = table.take(order.filter(keep))
+    del table, order, keep
+    pa.default_memory_pool().release_unused()
+    return merged
 
 
 DIFF_LISTED = 10  # paths listed per kind of change in a run's report
@@ -100,7 +123,8 @@ def _first_sorted(paths: pa.Array | pa.ChunkedArray) -> list[str]:
 
 
 def _column(table: pa.Table | None, name: str) -> pa.Array:
-    return (table if table is not None else empty())[name].combine_chunks()
+    column = (table if table is not None else empty())[name]
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # one chunk: no copy
 
 
 def not_in(paths: pa.Array, others: pa.Array) -> pa.Array:
@@ -129,7 +153,10 @@ def diff(old: pa.Table | None, new: pa.Table) -> Diff:
         "removed": _first_sorted(removed),
         "changed": _first_sorted(changed),
     }
-    return Diff(added=len(added), removed=len(removed), changed=len(changed), examples=examples)
+    result = Diff(added=len(added), removed=len(removed), changed=len(changed), examples=examples)
+    del at, is_added, was, now, same, added, changed, removed
+    pa.default_memory_pool().release_unused()
+    return result
 
 
 def stale_objects(source: str, old: pa.Table | None, new: pa.Table) -> list[str]:
