@@ -1,15 +1,20 @@
-"""Parallel ranged GETs for big files: `connections` workers fetch `part_size` ranges, written to the store in order.
+"""Parallel ranged GETs for big files: up to `connections` workers fetch `part_size` ranges, written to the store in
+order.
 
 A slow academic server often caps each connection's rate, not the total, so one stream of a 20 GB archive crawls
-while eight finish eight times sooner. `fetch_to_store` takes this path for a file whose catalog size is at least
+while eight finish eight times sooner. How many connections pay depends on the server: the fetch starts with
+`START_CONNECTIONS` and, while the body's throughput still grows by `GROW_GAIN` with each doubling, doubles them up to
+`connections` (and at most what keeps the reorder buffer within `BUFFER_BUDGET`); a doubling that gained nothing is
+taken back (the extra workers stop after their current part), so a server with no per-connection cap is not hammered
+for nothing. `fetch_to_store` takes this path for a file whose catalog size is at least
 `parallel_min` when a HEAD shows the server honours byte ranges; otherwise (and whenever a range answer is unusable:
 the server sent the whole file, or the file changed under us) it falls back to the single-stream path.
 
 Each worker takes the next part, GETs `Range: bytes=a-b` guarded by `If-Range`, and resumes a dropped connection from
 the last byte it got; failures are retried with the same backoff and attempt budget as the single stream. Parts go
-into a bounded reorder buffer (at most `connections + 4` parts in memory); the calling thread writes them to the store
-writer strictly in order and feeds the same bytes to the hashers, so sha256 is computed over the file in order and the
-store's multipart parts line up with the fetched parts when `part_size` equals the store's. The object is committed
+into a bounded reorder buffer (at most the live connections + 4 parts in memory); the calling thread writes them to
+the store writer strictly in order and feeds the same bytes to the hashers, so sha256 is computed over the file in
+order and the store's multipart parts line up with the fetched parts when `part_size` equals the store's. The object is committed
 only when the byte count and every checksum match; on any failure the writer is aborted and nothing is published.
 """
 
@@ -40,6 +45,12 @@ from mgdata.fetch.transfer import (
 )
 from mgdata.redact import redact_url
 
+START_CONNECTIONS = 8  # what the fixed default used to be: a server without a per-connection cap is saturated
+GROW_GAIN = 1.15  # a doubling of connections must raise the throughput by 15 % to be kept
+SETTLE = 0.3  # seconds new connections get to ramp up before their throughput is measured
+MEASURE = 0.8  # seconds of body counted per throughput reading
+BUFFER_BUDGET = 256 * 1024 * 1024  # the reorder buffer at most: fewer connections when parts are big
+
 
 class NotRanged(Exception):
     """The server's range answers cannot be trusted for this file: use the single-stream path instead."""
@@ -66,26 +77,35 @@ class ParallelFetch:
 
     def __init__(self, job, url: str, info: RemoteInfo, *, connections: int, part_size: int):
         self.job, self.url, self.info = job, url, info
-        self.connections, self.part_size = connections, part_size
+        # every live connection holds a part, plus 4 ahead of the write cursor (see `window`)
+        self.cap = min(connections, max(START_CONNECTIONS, BUFFER_BUDGET // part_size - 4))
+        self.part_size = part_size
         self.total = info.size
         self.validator = info.etag if info.etag and not info.etag.startswith("W/") else info.last_modified
         self.parts = [
             _Part(i, start, min(start + part_size, self.total))
             for i, start in enumerate(range(0, self.total, part_size))
         ]
-        self.window = connections + 4  # parts held in memory at most: fetched ahead of the write cursor
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._taken = 0  # next part index a worker may take
         self._written = 0  # next part index the writer needs
         self._ready: dict[int, bytearray] = {}
         self._error: BaseException | None = None
+        self._received = 0  # body bytes received by all workers (the throughput the controller reads)
+        self._target = min(START_CONNECTIONS, connections, len(self.parts))  # workers that may take parts
+        self.peak = self._target  # most workers that ever ran at once
+
+    @property
+    def window(self) -> int:
+        """Parts held in memory at most: fetched ahead of the write cursor."""
+        return self._target + 4
 
     # -- workers ------------------------------------------------------------------------------------------------------
 
-    def _take(self) -> _Part | None:
+    def _take(self, slot: int) -> _Part | None:
         with self._cond:
-            while not self._stop.is_set() and self._taken < len(self.parts):
+            while not self._stop.is_set() and self._taken < len(self.parts) and slot < self._target:
                 if self._taken < self._written + self.window:
                     part = self.parts[self._taken]
                     self._taken += 1
@@ -93,9 +113,9 @@ class ParallelFetch:
                 self._cond.wait()
             return None
 
-    def _worker(self, session) -> None:
+    def _worker(self, session, slot: int) -> None:
         try:
-            while (part := self._take()) is not None:
+            while (part := self._take(slot)) is not None:
                 data = self._get(session, part)
                 with self._cond:
                     self._ready[part.index] = data
@@ -170,6 +190,8 @@ class ParallelFetch:
                 try:
                     for chunk in resp.raw.stream(CHUNK, decode_content=False):
                         buf += chunk
+                        with self._cond:
+                            self._received += len(chunk)
                         if len(buf) > part.size:
                             raise GiveUp(
                                 f"{where}: the server sent more than the range asked", integrity=True
@@ -185,25 +207,66 @@ class ParallelFetch:
                 reason = f"connection dropped at byte {part.start + len(buf)}: {dropped}"
         return buf
 
+    # -- the controller: how many connections ---------------------------------------------------------------------------
+
+    def _throughput(self) -> float | None:
+        """Bytes per second received over the next MEASURE seconds, after SETTLE; None once the fetch stops."""
+        if self._stop.wait(SETTLE):
+            return None
+        with self._cond:
+            before, t = self._received, time.monotonic()
+        if self._stop.wait(MEASURE):
+            return None
+        with self._cond:
+            return (self._received - before) / (time.monotonic() - t)
+
+    def _grow(self, start) -> None:
+        """Double the workers while that raises the throughput by GROW_GAIN; take back a doubling that did not."""
+        rate = self._throughput()
+        while rate is not None and self._target < self.cap:
+            with self._cond:
+                if self._taken >= len(self.parts):
+                    return  # every part is taken: more connections would have nothing to do
+                before, self._target = self._target, min(self.cap, 2 * self._target, len(self.parts))
+                self.peak = max(self.peak, self._target)
+            for slot in range(before, self._target):
+                start(slot)
+            grown = self._throughput()
+            if grown is None:
+                return
+            if grown < rate * GROW_GAIN:
+                with self._cond:
+                    self._target = before
+                    self._cond.notify_all()  # the extra workers stop after their current part
+                return
+            rate = grown
+
     # -- the writer ---------------------------------------------------------------------------------------------------
 
     def run(self) -> FetchResult:
         job, safe = self.job, redact_url(self.url)
         job.progress.total = self.total
         job.progress.reset()
-        session = new_session(pool=self.connections)
+        session = new_session(pool=self.cap)
         session.headers.update(job.session.headers)
         session.cookies.update(job.session.cookies)  # a Drive download's confirmation cookies
         writer = job.store.new_writer(job.key)
         digester = Digester(job.algorithms)
-        workers = [
-            threading.Thread(target=self._worker, args=(session,), name=f"fetch-part-{i}", daemon=True)
-            for i in range(min(self.connections, len(self.parts)))
-        ]
+        workers: list[threading.Thread] = []
+
+        def start(slot: int) -> None:
+            t = threading.Thread(
+                target=self._worker, args=(session, slot), name=f"fetch-part-{slot}", daemon=True
+            )
+            workers.append(t)
+            t.start()
+
+        controller = threading.Thread(target=self._grow, args=(start,), name="fetch-connections", daemon=True)
         written = 0
         try:
-            for t in workers:
-                t.start()
+            for slot in range(self._target):
+                start(slot)
+            controller.start()
             while self._written < len(self.parts):
                 with self._cond:
                     while self._written not in self._ready and self._error is None:
@@ -227,17 +290,19 @@ class ParallelFetch:
             with self._cond:
                 self._stop.set()
                 self._cond.notify_all()
-            for t in workers:
+            if controller.is_alive():
+                controller.join()
+            for t in list(workers):
                 t.join()
             digester.close()
             session.close()
         seconds = time.monotonic() - job.started
         job.emit(
             f"{job.label}: fetched {human_bytes(written)} in {seconds:.1f} s "
-            f"({human_bytes(written / max(seconds, 1e-9))}/s over {len(workers)} connections) from {safe}"
+            f"({human_bytes(written / max(seconds, 1e-9))}/s over up to {self.peak} connections) from {safe}"
         )
         return FetchResult(
             url=safe, key=job.key, size=written, sha256=digests["sha256"], etag=self.info.etag,
             last_modified=self.info.last_modified, digests=digests, seconds=seconds, resumes=job.resumes,
-            attempts=job.attempts,
+            attempts=job.attempts, connections=self.peak,
         )  # fmt: skip

@@ -92,6 +92,7 @@ class FetchResult:
     seconds: float
     resumes: int  # ranged continuations after a dropped connection (over the whole call)
     attempts: int  # HTTP requests made (over the whole call, all mirrors)
+    connections: int = 1  # connections the body came over at most (parallel ranged GETs: chosen adaptively)
 
 
 def new_session(*, pool: int = 16) -> requests.Session:
