@@ -117,13 +117,14 @@ def against(work: Path, size: int, sha256: str, rate: int | None, rounds: int, c
         + (f"{rate / MiB:g} MiB/s per connection" if rate else "no rate cap")
         + f", load {loadavg()}"
     )
-    ours_median = min_median(times["ours (default)"])[1]
+    ours_min, ours_median = min_median(times["ours (default)"])
     rows = []
     for tool, secs in times.items():
         lo, med = min_median(secs)
         row = {"tool": tool, "seconds": round(med, 2), "min s": round(lo, 2), "runs": len(secs),
                "MB/s (median)": round(size / med / 1e6, 1),
-               "ours ÷ this (throughput)": round(med / ours_median, 2), "setup": setup}  # fmt: skip
+               "ours ÷ this (throughput)": round(med / ours_median, 2), "(by min)": round(lo / ours_min, 2),
+               "setup": setup}  # fmt: skip
         if tool == "ours (default)":
             row["connections"] = connections_used
         rows.append(row)
