@@ -48,8 +48,8 @@ from mgdata.redact import redact_url
 
 START_CONNECTIONS = 8  # what the fixed default used to be: a server without a per-connection cap is saturated
 GROW_GAIN = 1.15  # a doubling of connections must raise the throughput by 15 % to be kept
-SETTLE = 0.3  # seconds new connections get to ramp up before their throughput is measured
-MEASURE = 0.8  # seconds of body counted per throughput reading
+SETTLE = 0.2  # seconds new connections get to ramp up before their throughput is measured
+MEASURE = 0.5  # seconds of body counted per throughput reading
 BUFFER_BUDGET = 256 * 1024 * 1024  # the reorder buffer at most: fewer connections when parts are big
 
 
