@@ -13,8 +13,8 @@ the server sent the whole file, or the file changed under us) it falls back to t
 Each worker takes the next part, GETs `Range: bytes=a-b` guarded by `If-Range`, and resumes a dropped connection from
 the last byte it got; failures are retried with the same backoff and attempt budget as the single stream. Parts go
 into a bounded reorder buffer (at most the live connections + 4 parts in memory); the calling thread writes them to
-the store writer strictly in order and hashes the same bytes, so sha256 is computed over the file in
-order and the store's multipart parts line up with the fetched parts when `part_size` equals the store's. The object is committed
+the store writer strictly in order and hashes the same bytes, so sha256 is computed over the file in order and the
+store's multipart parts line up with the fetched parts when `part_size` equals the store's. The object is committed
 only when the byte count and every checksum match; on any failure the writer is aborted and nothing is published.
 """
 
@@ -73,7 +73,7 @@ class _Part:
 
 
 class ParallelFetch:
-    """One file from one mirror over `connections` ranged GETs. `job` is the single-stream `StreamFetch` whose
+    """One file from one mirror over up to `connections` ranged GETs at once. `job` is the single-stream `StreamFetch` whose
     settings, store writer target and counters (attempts, resumes) this shares."""
 
     def __init__(self, job, url: str, info: RemoteInfo, *, connections: int, part_size: int):
@@ -95,7 +95,7 @@ class ParallelFetch:
         self._error: BaseException | None = None
         self._received = 0  # body bytes received by all workers (the throughput the controller reads)
         self._spare: list[bytearray] = []  # part buffers written and hashed, for the next parts
-        self._target = min(START_CONNECTIONS, connections, len(self.parts))  # workers that may take parts
+        self._target = min(START_CONNECTIONS, self.cap, len(self.parts))  # workers that may take parts
         self.peak = self._target  # most workers that ever ran at once
 
     @property
@@ -227,7 +227,7 @@ class ParallelFetch:
                 return self._spare.pop()
         return bytearray(size)
 
-    # -- the controller: how many connections ---------------------------------------------------------------------------
+    # -- the controller: how many connections -------------------------------------------------------------------
 
     def _throughput(self) -> float | None:
         """Bytes per second received over the next MEASURE seconds, after SETTLE; None once the fetch stops."""
