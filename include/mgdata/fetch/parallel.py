@@ -73,8 +73,8 @@ class _Part:
 
 
 class ParallelFetch:
-    """One file from one mirror over up to `connections` ranged GETs at once. `job` is the single-stream `StreamFetch` whose
-    settings, store writer target and counters (attempts, resumes) this shares."""
+    """One file from one mirror over up to `connections` ranged GETs at once. `job` is the single-stream
+    `StreamFetch` whose settings, store writer target and counters (attempts, resumes) this shares."""
 
     def __init__(self, job, url: str, info: RemoteInfo, *, connections: int, part_size: int):
         self.job, self.url, self.info = job, url, info
