@@ -219,5 +219,7 @@ def test_the_proxy_from_the_environment_is_used_unless_bypassed(host, tmp_path, 
     (bypassed,) = ingest_urls(LocalStore(tmp_path / "b"), "x", "x/images", [(image_id, url)], run_id="r",
                               policy=policy)  # fmt: skip
 
-    assert via_proxy["status"] == "missing" and via_proxy["error"].startswith("ProxyError: Connection refused")
+    assert via_proxy["status"] == "missing" and via_proxy["error"].startswith(
+        "ProxyError: Connection refused"
+    )
     assert bypassed["status"] == "ok"
