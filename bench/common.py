@@ -4,9 +4,11 @@ mirror replica served and fetched into a local store (the untimed part of the ar
 from __future__ import annotations
 
 import socket
+import statistics
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from mgdata.ingest import Run, fetch_file, plan_source
@@ -43,3 +45,28 @@ def fetch_replica(work: Path, replicas: list[ReplicaFile], source: str, **catalo
         for f in plan_source(run, source):
             fetch_file(run, source, f["file"])
     return run, next((work / "store" / "raw" / source).glob("*.zip"))
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages, noted beside every figure (the machine is shared)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def interleaved(tools: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, list[float]]:
+    """Wall seconds of every tool, `rounds` times, interleaved (round r starts with tool r mod n, so no tool always
+    runs first or right after the same neighbour): a load spike on a shared machine hits every tool alike."""
+    names = list(tools)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            tools[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def min_median(seconds: list[float]) -> tuple[float, float]:
+    return min(seconds), statistics.median(seconds)

@@ -10,7 +10,7 @@
 | `MGDATA_GDRIVE_URL` | Google Drive's base URL (tests and the demo point it at a stand-in)  | `https://drive.google.com`       |
 | `MGDATA_GDRIVE_COOKIES` | a Netscape cookies file of a signed-in Google account (Drive quota) | unset: no cookies             |
 | `MGDATA_EXTRACT_THREADS` | threads per extract task (read by `mgdata.extract`)                   | twice the cores                  |
-| `MGDATA_FETCH_CONNECTIONS` | ranged GETs per big file (1: one stream; read by `mgdata.fetch.http`) | 8                              |
+| `MGDATA_FETCH_CONNECTIONS` | most ranged GETs per big file (1: one stream; read by `mgdata.fetch.http`) | 32 (starts at 8) |
 | `MGDATA_FETCH_PART_MIB` | MiB per ranged GET                                                     | the store's multipart part size |
 | `MGDATA_FETCH_PARALLEL_MIN_MIB` | files from this size on are fetched in parallel                | 64                               |
 | `MGDATA_HF_CONN_ID` | Airflow connection whose password is the Hugging Face token          | unset: `HF_TOKEN`, else anonymous |

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from store_checks import assert_nothing_published
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store
+from mgdata.fetch.parallel import START_CONNECTIONS
 from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.storage import LocalStore, MiB, S3Store, s3_client
 
@@ -152,3 +154,52 @@ def test_a_part_that_keeps_failing_gives_up_and_publishes_nothing(server, store)
 
     assert not isinstance(err.value, ChecksumMismatch)
     assert_nothing_published(store, KEY)
+
+
+class InFlight:
+    """A route that serves the payload and records how many of its ranged GETs were in flight at once, and over how
+    many distinct client connections they came (observed at the server)."""
+
+    def __init__(self, path: Path):
+        self.path, self.now, self.most, self.ports = path, 0, 0, set()
+        self.lock = threading.Lock()
+
+    def __call__(self, handler, relpath: str, method: str) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.ports.add(handler.client_address[1])
+        try:
+            handler.send_path(self.path, head=method == "HEAD")
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_per_connection_cap_makes_it_open_more_connections(tmp_path, payload):
+    """A server that caps each connection (1 MiB/s here) is fetched over more than the starting connections, up to
+    the configured most, and the file still verifies."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "big.bin").write_bytes(payload)
+    route = InFlight(tmp_path / "srv" / "big.bin")
+    sha256 = hashlib.sha256(payload).hexdigest()
+    with MirrorServer(tmp_path / "srv", rate_limit=1 * MiB, routes=[("capped/", route)]) as srv:
+        r = fetch_to_store(
+            [srv.url("capped/big.bin")], LocalStore(tmp_path / "store"), KEY, label="big", size=SIZE,
+            checksums={"sha256": sha256}, part_size=1 * MiB, parallel_min=1 * MiB, connections=16,
+        )  # fmt: skip
+
+    assert (r.sha256, LocalStore(tmp_path / "store").read_bytes(KEY)) == (sha256, payload)
+    assert START_CONNECTIONS < r.connections <= 16
+    assert START_CONNECTIONS < route.most <= 16  # seen at the server: more GETs at once than it started with
+    # each connection serves part after part (keep-alive); the probe's HEAD came over one more
+    assert START_CONNECTIONS < len(route.ports) <= r.connections + 1 < SIZE // MiB
+
+
+def test_the_most_connections_is_a_cap_below_the_start(server, tmp_path, payload):
+    r = fetch_to_store(
+        [server.url(NAME)], LocalStore(tmp_path / "store"), KEY, label="big", size=SIZE,
+        part_size=1 * MiB, parallel_min=1 * MiB, connections=3,
+    )  # fmt: skip
+
+    assert r.connections == 3 and LocalStore(tmp_path / "store").read_bytes(KEY) == payload

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -181,3 +182,44 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
     assert again["files_fetched"] == 0 and again["images_ok"] + again["images_normalized"] == usable
     plan = json.loads(store.read_bytes("runs/run5/sources/ocr_vqa/plan.json"))
     assert "rows were dropped" in plan["files"][1]["reason"]
+
+
+def test_a_redirect_loop_stops_after_max_redirects(tmp_path):
+    (tmp_path / "root").mkdir()
+    hops = []
+
+    def loop(handler, relpath, method):
+        hops.append(relpath)
+        handler.send_response(302)
+        handler.send_header("Location", f"/loop/{len(hops)}.jpg")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    with MirrorServer(tmp_path / "root", routes=[("loop/", loop)]) as server:
+        (row,) = ingest_urls(LocalStore(tmp_path / "s"), "x", "x/images", [("1", f"{server.base_url}/loop/0.jpg")],
+                             run_id="r", policy=FetchPolicy(workers=1, attempts=1, max_redirects=3))  # fmt: skip
+    assert (row["status"], row["error"]) == ("missing", "more than 3 redirects")
+    assert len(hops) == 4  # the first request and 3 redirects followed
+
+
+def test_the_proxy_from_the_environment_is_used_unless_bypassed(host, tmp_path, monkeypatch):
+    _, root, _, covers = host
+    image_id, url = next((i, u) for i, u in _dataset(root) if not covers[i]["behaviour"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{dead}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    policy = FetchPolicy(workers=1, attempts=1)
+
+    (via_proxy,) = ingest_urls(LocalStore(tmp_path / "a"), "x", "x/images", [(image_id, url)], run_id="r",
+                               policy=policy)  # fmt: skip
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    (bypassed,) = ingest_urls(LocalStore(tmp_path / "b"), "x", "x/images", [(image_id, url)], run_id="r",
+                              policy=policy)  # fmt: skip
+
+    assert via_proxy["status"] == "missing" and via_proxy["error"].startswith(
+        "ProxyError: Connection refused"
+    )
+    assert bypassed["status"] == "ok"

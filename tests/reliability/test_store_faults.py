@@ -8,6 +8,7 @@ import http.client
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -223,3 +224,22 @@ def test_full_disk_fails_clearly_and_leaves_nothing_corrupt(small_disk):
     store.delete("data/small.jpg")
     store.put_bytes("data/after.jpg", b"ok")  # and the store works again once there is room
     assert store.read_bytes("data/after.jpg") == b"ok"
+
+
+def test_s3_put_to_an_endpoint_that_is_down_names_the_store_and_hides_the_signed_url():
+    """put_bytes sends a presigned URL (it carries a signature): a connection error must not repeat it."""
+    from botocore.config import Config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = s3_client(
+        endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="k", aws_secret_access_key=SECRET,
+        region_name="us-east-1", config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )  # fmt: skip
+    with pytest.raises(StoreError) as err:
+        S3Store("down", "p", client).put_bytes("data/a.jpg", b"x")
+    msg = str(err.value)
+    assert msg.startswith("PutObject s3://down/p/data/a.jpg failed: EndpointConnectionError")
+    for secret in (SECRET, "Signature", "X-Amz-Credential"):
+        assert secret not in msg and secret not in repr(err.value.__cause__) + repr(err.value.__context__)

@@ -51,8 +51,9 @@ from mgdata.redact import redact_url
 from mgdata.settings import env_int
 from mgdata.storage import MiB, Store, check_key
 
-# Big files come over parallel ranged GETs (mgdata.fetch.parallel): servers often cap each connection's rate.
-PARALLEL_CONNECTIONS = 8
+# Big files come over parallel ranged GETs (mgdata.fetch.parallel): servers often cap each connection's rate. The
+# fetch starts with 8 connections and doubles them while the throughput grows, up to this many.
+PARALLEL_CONNECTIONS = 32
 PARALLEL_MIN = 64 * MiB
 PARALLEL_PART_SIZE = 8 * MiB
 
@@ -186,9 +187,10 @@ def fetch_to_store(
     with every request (e.g. an Authorization header; requests drops it on a redirect to another host) and never
     logged.
 
-    A file whose `size` is at least `parallel_min` comes over `connections` ranged GETs of `part_size` bytes when the
-    mirror honours ranges: see `mgdata.fetch.parallel`. Left unset, the three come from `MGDATA_FETCH_CONNECTIONS`
-    (8; 1 turns the parallel path off), `MGDATA_FETCH_PART_MIB` (the store's multipart part size, so fetched parts
+    A file whose `size` is at least `parallel_min` comes over ranged GETs of `part_size` bytes when the mirror
+    honours ranges, on up to `connections` connections chosen adaptively (more while the throughput grows): see
+    `mgdata.fetch.parallel`. Left unset, the three come from `MGDATA_FETCH_CONNECTIONS` (32 at most; 1 turns the
+    parallel path off), `MGDATA_FETCH_PART_MIB` (the store's multipart part size, so fetched parts
     become store parts one to one) and `MGDATA_FETCH_PARALLEL_MIN_MIB` (64).
     """
     if not urls:

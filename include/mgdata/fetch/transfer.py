@@ -92,6 +92,7 @@ class FetchResult:
     seconds: float
     resumes: int  # ranged continuations after a dropped connection (over the whole call)
     attempts: int  # HTTP requests made (over the whole call, all mirrors)
+    connections: int = 1  # connections the body came over at most (parallel ranged GETs: chosen adaptively)
 
 
 def new_session(*, pool: int = 16) -> requests.Session:
@@ -127,8 +128,11 @@ def human_duration(seconds: float) -> str:
 
 
 def describe_error(exc: BaseException, timeout: float | None = None) -> str:
-    """A short, credential-free reason for a request or body error."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
+    """A short, credential-free reason for a request or body error (requests' or urllib3's)."""
+    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)  # a subclass of ConnectTimeoutError
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+        isinstance(exc, urllib3.exceptions.ConnectTimeoutError) and not refused
+    ):
         return "connect timed out"
     if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
         return "read timed out" + (f" after {timeout:g} s" if timeout else "")
@@ -145,11 +149,13 @@ def describe_error(exc: BaseException, timeout: float | None = None) -> str:
         detail = cause.strerror
     else:
         detail = str(cause) or type(cause).__name__
-    kind = "connection error" if isinstance(exc, requests.exceptions.ConnectionError) else type(exc).__name__
+    connection = (requests.exceptions.ConnectionError, urllib3.exceptions.NewConnectionError,
+                  urllib3.exceptions.ProtocolError)  # fmt: skip
+    kind = "connection error" if isinstance(exc, connection) else type(exc).__name__
     return redact_text(f"{kind}: {detail}")[:300]
 
 
-def retry_after_seconds(resp: requests.Response) -> float | None:
+def retry_after_seconds(resp: requests.Response | urllib3.BaseHTTPResponse) -> float | None:
     """Seconds the server asks us to wait: `Retry-After`, else the IETF `RateLimit` header the Hugging Face Hub sends
     with a 429 (`"api";r=0;t=55`: no request left, the window resets in 55 s)."""
     value = resp.headers.get("Retry-After")
