@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from bench.common import peak_rss_mb
 from mgdata import manifest
 from mgdata.annotations import Check
 from mgdata.storage import LocalStore
@@ -106,7 +106,7 @@ def measure(root: Path) -> dict:
         result = Check().check_file("train.json", s, resolve, boxes_name="boxes.json", boxes=b)
     out["ready-to-train s"] = round(time.perf_counter() - t, 2)
     out["samples"] = result["samples"]
-    out["peak RSS MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak RSS MB"] = round(peak_rss_mb())
     return out
 
 
@@ -116,7 +116,11 @@ def run(rows: int = 1_300_000) -> list[dict]:
         size = (Path(tmp) / "train.json").stat().st_size
         t = time.perf_counter()
         child = subprocess.run(
-            [sys.executable, __file__, "--measure", tmp], check=True, capture_output=True, text=True
+            [sys.executable, "-m", "bench.bookkeeping", "--measure", tmp],
+            cwd=Path(__file__).resolve().parents[1],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         total = time.perf_counter() - t
     row = json.loads(child.stdout)

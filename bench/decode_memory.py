@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.common import peak_rss_mb
 from mgdata.extract import extract, shard_file
 from mgdata.run import Run, raw_key
 from mgdata.settings import Settings
@@ -66,11 +66,11 @@ def main() -> None:
         run = Run(Settings.from_env({"storage": store.url}), "bench", _store=store)
         f = run.file("ai2d", "ai2d-all.zip")
         store.put_bytes(raw_key("ai2d", f.name), data)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before = peak_rss_mb()
         started = time.perf_counter()
         counts = [extract(run, "ai2d", shard) for shard in shard_file(run, "ai2d", f)]
         seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     ok = sum(c["ok"] for c in counts)
     print(
         f"{args.images} PNGs {args.side}x{args.side} ({len(data) / 1e6:.1f} MB zip), {args.threads} threads: "
