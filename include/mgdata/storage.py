@@ -512,8 +512,8 @@ class _S3MultipartWriter(ObjectWriter):
 class _S3RangeReader(io.RawIOBase):
     """Seekable read access to an S3 object through ranged GETs; wrap it in a BufferedReader."""
 
-    def __init__(self, store: S3Store, key: str, size: int):
-        self._store, self._key, self._size, self._pos = store, key, size, 0
+    def __init__(self, store: S3Store, key: str, size: int, etag: str | None):
+        self._store, self._key, self._size, self._pos, self._etag = store, key, size, 0, etag
 
     def readable(self) -> bool:
         return True
@@ -533,7 +533,7 @@ class _S3RangeReader(io.RawIOBase):
         n = min(len(b), self._size - self._pos)
         if n <= 0:
             return 0
-        with self._store.open_range(self._key, self._pos, self._pos + n) as body:
+        with self._store.open_range(self._key, self._pos, self._pos + n, if_match=self._etag) as body:
             data = body.read()
         memoryview(b)[: len(data)] = data
         self._pos += len(data)
@@ -579,19 +579,32 @@ class S3Store(Store):
             raise StoreError(f"HeadObject {self.describe(key)} failed: {_client_error_code(e)}") from e
         return ObjectInfo(key, r["ContentLength"], r.get("ETag", "").strip('"') or None)
 
-    def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+    def open_range(
+        self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
+    ) -> BinaryIO:
         kwargs = {"Bucket": self.bucket, "Key": self._full(key)}
         if start or end is not None:
             if end is not None and end <= start:
                 return io.BytesIO(b"")
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        return self._call("GetObject", key, self.client.get_object, **kwargs)["Body"]
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            return self._call("GetObject", key, self.client.get_object, **kwargs)["Body"]
+        except StoreError as e:
+            if if_match and _client_error_code(e.__cause__) in ("PreconditionFailed", "412"):
+                raise StoreError(
+                    f"GetObject {self.describe(key)}: the object was replaced while it was being read"
+                ) from e.__cause__
+            raise
 
     def open_seekable(self, key: str) -> BinaryIO:
+        """Ranged reads of one version: each GET carries the ETag seen first, so an object replaced meanwhile (a
+        manifest a finalize republishes) fails cleanly instead of mixing two versions' bytes."""
         info = self.stat(key)
         if info is None:
             raise StoreError(f"no object {self.describe(key)}")
-        return io.BufferedReader(_S3RangeReader(self, key, info.size), 1 * MiB)
+        return io.BufferedReader(_S3RangeReader(self, key, info.size, info.etag), 1 * MiB)
 
     def new_writer(self, key: str, *, durable: bool = True) -> ObjectWriter:
         return _S3MultipartWriter(self, key)

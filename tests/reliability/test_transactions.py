@@ -285,7 +285,7 @@ def test_sigkill_during_a_shrinking_finalize_on_s3_then_retry(mirror, tmp_path, 
     def published() -> bool:  # the new manifest is out, the stale objects not yet all deleted
         try:
             table = manifest.read_table(run2.store, manifest.source_key(SOURCE), columns=["path"])
-        except StoreError:  # replaced between the size and the ranged reads of this poll: look again
+        except StoreError:  # replaced while this poll read it (S3Store refuses to mix versions): look again
             return False
         return table is not None and table.num_rows == len(after)
 
