@@ -1,0 +1,168 @@
+"""MG-LLaVA's training and bbox JSONs for the sample mirror, in the shapes of the real files, citing every replica.
+
+Built after every other replica, from the images each one really delivers (valid members of the zip and tar replicas,
+the OCR-VQA covers whose URLs answer with an image), so the mirror's ready-to-train verdict is the truth about the
+mirror: a source that is skipped (DocVQA without its archive) leaves its cited images missing.
+
+- the pretrain JSON (`pretrain_blip_allava_1266k.json`) cites LLaVA-Pretrain and ALLaVA-LAION;
+- the instruct JSON (`instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json`) cites every layout prefix the real
+  1383K JSON does (`INSTRUCT_PREFIXES`);
+- samples are LLaVA's `{id, image?, conversations: [{from: human|gpt, value}]}` with one `<image>` in the first human
+  turn (before or after the text), single and multi-turn, text-only samples in between (never first), int and str
+  ids, and one id repeated with another conversation (MG-LLaVA #1);
+- bbox JSONs are lists of `{id, boxes: [[x1, y1, x2, y2], ...], scores, labels}`, one entry per image sample id.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+PRETRAIN_JSON = "pretrain_blip_allava_1266k.json"
+INSTRUCT_JSON = "instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json"
+PRETRAIN_PREFIXES = ("LLaVA-Pretrain/images", "allava_laion/images")
+INSTRUCT_PREFIXES = (
+    "coco/train2017",
+    "gqa/images",
+    "ocr_vqa/images",
+    "textvqa/train_images",
+    "vg/VG_100K",
+    "vg/VG_100K_2",
+    "allava_laion/images",
+    "allava_vflan/images",
+    "docvqa/images",
+    "dvqa/images",
+    "share_textvqa/images",
+    "web-celebrity/images",
+    "web-landmark/images",
+    "wikiart/images",
+    "ai2d/images",
+)
+_QUESTIONS = (
+    "What is written at the top?",
+    "How many objects are there?",
+    "What colour is the largest object?",
+    "Describe the image briefly.",
+)
+
+
+def box_json_name(training_json: str) -> str:
+    return training_json.removesuffix(".json") + "_only_box.json"
+
+
+def _prefix(path: str) -> str:
+    return "/".join(path.split("/")[:2])
+
+
+def valid_image_paths(root: Path, replicas: list, catalog) -> dict[str, list[str]]:
+    """The data/ paths each replica delivers as usable images, by layout prefix (`vg/VG_100K_2`)."""
+    from mgdata.mirror.web_replicas import WEB_JSON, cover_outcome
+
+    out: dict[str, list[str]] = {}
+    for r in replicas:
+        source = catalog.sources.get(r.source)
+        files = [f for f in (source.files if source else []) if f.name == r.name]
+        if not files:
+            continue
+        f, path, bad = files[0], Path(root) / r.relpath, set(r.broken_members)
+        if f.archive == "zip" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        elif f.archive in ("tar", "tar.gz") and path.is_file():
+            with tarfile.open(path) as archive:
+                names = [m.name for m in archive.getmembers() if m.isfile()]
+        elif f.archive == "urllist" and (Path(root) / WEB_JSON).is_file():
+            covers = json.loads((Path(root) / WEB_JSON).read_text())["covers"]
+            names = [i for i, c in covers.items() if cover_outcome(c["behaviour"]) in ("ok", "normalized")]
+            for i in sorted(names):
+                out.setdefault(_prefix(f"{f.target}/{i}.jpg"), []).append(f"{f.target}/{i}.jpg")
+            continue
+        else:
+            continue
+        for name in names:
+            target = f.map_member(name)
+            if target and name not in bad:
+                out.setdefault(_prefix(target), []).append(target)
+    return {p: sorted(v) for p, v in out.items()}
+
+
+DOCVQA_IMAGES = "docvqa/images"
+
+
+def docvqa_stand_in(root: Path, catalog, *, images: int, seed: int) -> tuple[str, list[str]]:
+    """DocVQA registers its users, so no mirror serves it: build the archive a registered user downloads (at its URL
+    path under `root`, never in the mirror's catalog) for the demo's inbox step. Returns (its path under `root`, the
+    data/ paths of its documents, which the instruct JSON cites)."""
+    from mgdata.mirror.web_replicas import build_docvqa
+
+    replica = build_docvqa(root, images=images, seed=seed)
+    return replica.relpath, valid_image_paths(root, [replica], catalog).get(DOCVQA_IMAGES, [])
+
+
+def _conversation(rng: random.Random, *, image: bool, turns: int) -> list[dict]:
+    from mgdata.mirror.hub import _CAPTIONS
+
+    out = []
+    for turn in range(turns):
+        question = rng.choice(_QUESTIONS) if image else "Write a haiku about the sea."
+        if image and turn == 0:
+            question = f"<image>\n{question}" if rng.random() < 0.7 else f"{question}\n<image>"
+        out.append({"from": "human", "value": question})
+        out.append({"from": "gpt", "value": rng.choice(_CAPTIONS) if image else "Waves fold into foam."})
+    return out
+
+
+def _samples(paths: list[str], rng: random.Random, tag: str) -> list[dict]:
+    out: list[dict] = []
+    for i, path in enumerate(paths):
+        # about a third of the ids are ints, as in LLaVA's mixes (the trainer turns ints into str)
+        sample_id: int | str = 10_000_000 + i if i % 3 == 1 else f"{tag}_{i:06d}"
+        out.append(
+            {"id": sample_id, "image": path, "conversations": _conversation(rng, image=True, turns=1 + i % 2)}
+        )
+        if i % 7 == 3:  # text-only samples between image samples, never first
+            out.append(
+                {"id": f"{tag}_text_{i:06d}", "conversations": _conversation(rng, image=False, turns=1)}
+            )
+    if out:  # the same id for the same image with another conversation (MG-LLaVA #1): not a duplicate entry
+        out.append({**out[0], "conversations": _conversation(rng, image=True, turns=1)})
+    return out
+
+
+def _boxes(samples: list[dict], rng: random.Random) -> list[dict]:
+    from mgdata.mirror.hub import _boxes as entry
+
+    by_id = {s["id"]: entry(rng, s["id"]) for s in samples if "image" in s}
+    return list(by_id.values())
+
+
+@dataclass
+class TrainingJsons:
+    pretrain: list[dict]
+    instruct: list[dict]
+
+    def files(self, rng: random.Random) -> dict[str, bytes]:
+        """Hub repo path -> bytes: `train_json/<name>` and `bbox_json/train/<name>_only_box.json`."""
+        out = {}
+        for name, samples in ((PRETRAIN_JSON, self.pretrain), (INSTRUCT_JSON, self.instruct)):
+            out[f"train_json/{name}"] = json.dumps(samples).encode()
+            out[f"bbox_json/train/{box_json_name(name)}"] = json.dumps(_boxes(samples, rng)).encode()
+        return out
+
+
+def build_training_jsons(
+    paths: dict[str, list[str]], rng: random.Random, *, allava_share: int
+) -> TrainingJsons:
+    """`paths`: usable image paths by layout prefix; `allava_share`: ALLaVA images the instruct JSON cites per prefix
+    (the pretrain JSON cites them all)."""
+    pretrain = [p for prefix in PRETRAIN_PREFIXES for p in paths.get(prefix, [])]
+    instruct = [
+        p
+        for prefix in INSTRUCT_PREFIXES
+        for p in paths.get(prefix, [])[: allava_share if prefix.startswith("allava") else None]
+    ]
+    return TrainingJsons(_samples(pretrain, rng, "pretrain"), _samples(instruct, rng, "instruct"))
