@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 SOURCES ?=
+SCALE ?= 0.01
 
-.PHONY: venv browser test demo real ui ui-demo lint format lock bench clean
+.PHONY: venv browser test demo real ui ui-demo lint format lock bench rehearsal clean
 
 venv: $(VENV)/.installed
 
@@ -68,5 +69,10 @@ lock:
 bench: venv
 	$(PY) -m bench
 
+## make rehearsal SCALE=0.1: the whole corpus's shape (SCALE x 2.07M tiny files) through scheduler + LocalExecutor on
+## PostgreSQL, then an unchanged and a one-source-changed refresh; prints a table, writes rehearsal/rehearsal.json
+rehearsal: venv
+	$(PY) -m bench.rehearsal --scale $(SCALE)
+
 clean:
-	rm -rf .airflow demo build *.egg-info
+	rm -rf .airflow demo rehearsal build *.egg-info

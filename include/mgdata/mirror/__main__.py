@@ -1,6 +1,7 @@
 """Command line for the offline mirror.
 
     python -m mgdata.mirror build ROOT [--images N] [--sources a,b] [--seed S]
+    python -m mgdata.mirror build ROOT --scale full|0.1|0.01|F [--instances F] [--seed S]   (the rehearsal mirror)
     python -m mgdata.mirror serve ROOT [--host H] [--port P] [--catalog-out PATH] [--pidfile PATH] [--ready-file PATH]
 
 ``serve`` builds the mirror first when ROOT has no replicas.json, starts the server, writes the catalog for the
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from mgdata.mirror import rehearsal
 from mgdata.mirror.build import (
     REPLICAS_JSON,
     REPLICATED_SOURCES,
@@ -37,6 +39,13 @@ def _sources(value: str) -> list[str]:
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"choose from {','.join(REPLICATED_SOURCES)} (got {value!r})")
     return names
+
+
+def _scale(value: str) -> float:
+    try:
+        return rehearsal.parse_scale(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _table(replicas: list[ReplicaFile]) -> str:
@@ -70,12 +79,24 @@ def _table(replicas: list[ReplicaFile]) -> str:
 
 def _build(args: argparse.Namespace) -> list[ReplicaFile]:
     began = time.perf_counter()
-    replicas = build_mirror(args.root, images_per_source=args.images, sources=args.sources, seed=args.seed)
+    if args.scale is not None:
+        replicas = rehearsal.build_rehearsal(args.root, args.scale, seed=args.seed, instances=args.instances)
+    else:
+        replicas = build_mirror(
+            args.root, images_per_source=args.images, sources=args.sources, seed=args.seed
+        )
     print(_table(replicas))
     print(
         f"built {len(replicas)} replica(s) under {args.root} in {time.perf_counter() - began:.1f} s",
         flush=True,
     )
+    if args.scale is not None:
+        record = rehearsal.load_record(args.root)
+        print(
+            f"rehearsal at scale {args.scale}: {record['files']:,} files, {record['bytes']:,} bytes, "
+            f"{record['files_per_second']:,} files/s, shard_bytes {record['shard_bytes']:,}",
+            flush=True,
+        )
     return replicas
 
 
@@ -102,7 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
     written: list[Path] = []
     try:
         base_url = server.base_url
-        catalog = write_catalog(root, base_url, replicas, out=args.catalog_out)
+        write = rehearsal.write_catalog if rehearsal.is_rehearsal(root) else write_catalog
+        catalog = write(root, base_url, replicas, out=args.catalog_out)
         if args.pidfile:
             write_text_atomic(args.pidfile, f"{os.getpid()}\n")
             written.append(args.pidfile)
@@ -132,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
             "--sources", type=_sources, default=None, help="comma-separated (default: all replicable)"
         )
         p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical archives")
+        p.add_argument(
+            "--scale",
+            type=_scale,
+            default=None,
+            help="the rehearsal mirror: every source at its real file count x SCALE (full, 0.1, 0.01, ...)",
+        )
+        p.add_argument(
+            "--instances",
+            type=float,
+            default=1.0,
+            help="rehearsal: fraction of the real run's extract instances (bigger shards below 1; default 1)",
+        )
 
     build = commands.add_parser("build", help="generate the replicas and replicas.json")
     build_options(build)
@@ -149,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 2:
         parser.error("--images must be at least 2")
+    if args.scale is not None and args.sources is not None:
+        parser.error("--scale builds every source; leave out --sources")
+    if not 0 < args.instances <= 1:
+        parser.error("--instances must be a fraction in (0, 1]")
     if args.command == "build":
         _build(args)
         return 0

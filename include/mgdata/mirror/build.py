@@ -246,7 +246,7 @@ def _shipped_file(raw: dict, source: str, name: str) -> dict:
     raise ValueError(f"the shipped catalog's source {source!r} has no file {name!r}")
 
 
-def _load_raw(path: Path) -> dict:
+def load_raw_catalog(path: Path) -> dict:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     parse_catalog(raw, str(path))  # fail early, naming the field, on a broken shipped catalog
     return raw
@@ -271,7 +271,7 @@ def build_mirror(
     unknown = [n for n in names if n not in REPLICATED_SOURCES]
     if unknown:
         raise ValueError(f"cannot replicate {unknown}; replicable sources: {list(REPLICATED_SOURCES)}")
-    raw = _load_raw(shipped)
+    raw = load_raw_catalog(shipped)
     hub_names = [n for n in names if n in hub.HUB_SOURCES]
     web_names = [n for n in names if n in WEB_SOURCES]
     names = [n for n in names if n in _SPECS]
@@ -348,7 +348,7 @@ def write_catalog(
     """Write the shipped catalog with every replicated file pointed at ``base_url`` and carrying the replica's size
     and sha256; sources without a replica stay as shipped. Returns the path written (default ``root/catalog.yaml``)."""
     base = base_url.rstrip("/")
-    raw = _load_raw(shipped)
+    raw = load_raw_catalog(shipped)
     raw.setdefault("defaults", {})["shard_bytes"] = shard_bytes
     expected: dict[str, int] = {}
     hub.point_catalog(raw, base, [r for r in replicas if hub.is_hub_replica(r)])
