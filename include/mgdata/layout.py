@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,14 +109,39 @@ def materialize(
     root.mkdir(parents=True, exist_ok=True)
     wanted = {p for p, _ in files}
     removed = _sweep(root, prefixes, wanted)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        placed = list(pool.map(lambda f: _place_or_skip(store, root, f[0], f[1]), files))
-    outcome = Counter(how for how, _ in placed)
-    skipped = sorted((why for _, why in placed if why), key=lambda s: s["path"])
+    outcome, skipped = _place_all(lambda f: _place_or_skip(store, root, f[0], f[1]), files)
     out = {"root": str(root), "files": len(files), "removed": removed, **outcome}
     if skipped:
-        out["skipped_paths"] = skipped[:SKIPPED_LISTED]
+        out["skipped_paths"] = skipped
     return out
+
+
+def _place_all(place, files: list[tuple[str, int]]) -> tuple[Counter, list[dict]]:
+    """Run `place` over `files` on WORKERS threads with a bounded number in flight (a future per file up front
+    cost 1.65 KB per file: 3.4 GB at the corpus's 2.07M). Returns the outcome counts and the first SKIPPED_LISTED
+    skipped files by path; nothing per file is kept."""
+    outcome: Counter = Counter()
+    skipped: list[dict] = []
+
+    def settle(future) -> None:
+        how, why = future.result()
+        outcome[how] += 1
+        if why:
+            skipped.append(why)
+            if len(skipped) > 4 * SKIPPED_LISTED:  # keep the first by path, in bounded memory
+                skipped.sort(key=lambda s: s["path"])
+                del skipped[SKIPPED_LISTED:]
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending: deque = deque()
+        for f in files:
+            pending.append(pool.submit(place, f))
+            if len(pending) >= 8 * WORKERS:
+                settle(pending.popleft())
+        while pending:
+            settle(pending.popleft())
+    skipped.sort(key=lambda s: s["path"])
+    return outcome, skipped[:SKIPPED_LISTED]
 
 
 def annotations_dir(layout_dir: str | os.PathLike) -> Path:
@@ -135,9 +160,8 @@ def materialize_annotations(store: Store, layout_dir: str | os.PathLike) -> dict
             for name in names:
                 if is_temp(name):
                     (Path(dirpath) / name).unlink(missing_ok=True)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        placed = list(pool.map(lambda f: _place_or_skip(store, root, f[0], f[1], "annotations/"), files))
-    out = {"root": str(root), "files": len(files), **Counter(how for how, _ in placed)}
-    if skipped := sorted((why for _, why in placed if why), key=lambda s: s["path"]):
-        out["skipped_paths"] = skipped[:SKIPPED_LISTED]
+    outcome, skipped = _place_all(lambda f: _place_or_skip(store, root, f[0], f[1], "annotations/"), files)
+    out = {"root": str(root), "files": len(files), **outcome}
+    if skipped:
+        out["skipped_paths"] = skipped
     return out
