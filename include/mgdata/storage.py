@@ -533,7 +533,7 @@ class _S3RangeReader(io.RawIOBase):
         n = min(len(b), self._size - self._pos)
         if n <= 0:
             return 0
-        with self._store.open_range(self._key, self._pos, self._pos + n, if_match=self._etag) as body:
+        with self._store._get_range(self._key, self._pos, self._pos + n, self._etag) as body:
             data = body.read()
         memoryview(b)[: len(data)] = data
         self._pos += len(data)
@@ -579,9 +579,11 @@ class S3Store(Store):
             raise StoreError(f"HeadObject {self.describe(key)} failed: {_client_error_code(e)}") from e
         return ObjectInfo(key, r["ContentLength"], r.get("ETag", "").strip('"') or None)
 
-    def open_range(
-        self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
-    ) -> BinaryIO:
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        return self._get_range(key, start, end)
+
+    def _get_range(self, key: str, start: int, end: int | None, if_match: str | None = None) -> BinaryIO:
+        """A GetObject of bytes [start, end); with `if_match`, only of the version whose ETag that is."""
         kwargs = {"Bucket": self.bucket, "Key": self._full(key)}
         if start or end is not None:
             if end is not None and end <= start:
