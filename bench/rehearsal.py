@@ -43,7 +43,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "deployment"))  # the deployment test's process harness
 
-from processes import POSTGRES, Deployment  # noqa: E402
+from processes import Deployment  # noqa: E402
 
 from mgdata.mirror import rehearsal  # noqa: E402
 from mgdata.mirror.build import load_replicas  # noqa: E402
@@ -92,7 +92,7 @@ class LocalDeployment(Deployment):
         return self._session.get(f"{self.base_url}{path}", timeout=120)
 
     def sql(self, query: str, *args) -> list[tuple]:
-        with contextlib.closing(psycopg2.connect(**{**POSTGRES, "dbname": self.database})) as conn:
+        with contextlib.closing(psycopg2.connect(**self.services.postgres(self.database))) as conn:
             with conn.cursor() as cur:
                 cur.execute(query, args)
                 return cur.fetchall()
