@@ -116,6 +116,17 @@ def materialize(
     return out
 
 
+def add_outcome(total: dict, part: dict) -> dict:
+    """Add one `materialize` outcome (one source's prefixes) into the run's: counts summed, the first
+    SKIPPED_LISTED skipped paths kept."""
+    for key, value in part.items():
+        if key == "skipped_paths":
+            total[key] = sorted(total.get(key, []) + value, key=lambda s: s["path"])[:SKIPPED_LISTED]
+        elif isinstance(value, int):
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def _place_all(place, files: list[tuple[str, int]]) -> tuple[Counter, list[dict]]:
     """Run `place` over `files` on WORKERS threads with a bounded number in flight (a future per file up front
     cost 1.65 KB per file: 3.4 GB at the corpus's 2.07M). Returns the outcome counts and the first SKIPPED_LISTED

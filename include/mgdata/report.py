@@ -30,42 +30,53 @@ def source_outcome(run: Run, source: str) -> dict:
     return no_ingest_summary(run, source, "failed", reason)
 
 
+def _lay_out_source(run: Run, name: str, table, layout: dict) -> None:
+    """Place one source's usable images under the layout and sweep its prefixes; add the outcome to `layout`."""
+    from mgdata.layout import add_outcome, materialize
+
+    files: list[tuple[str, int]] = []
+    if table is not None:
+        usable = manifest.usable(table.select(["path", "bytes", "status"]))
+        files = list(zip(usable["path"].to_pylist(), usable["bytes"].to_pylist(), strict=True))
+        del usable
+    add_outcome(layout, materialize(run.store, run.settings.layout_dir, files, run.source(name).layout))
+
+
 def assemble_run(run: Run, selected: list[str]) -> dict:
     store = run.store
     sources = {name: source_outcome(run, name) for name in selected}
-    files: list[tuple[str, int]] = []
     quarantine: list[dict] = []
-    prefixes: list[str] = []
+    usable_files = 0
+    layout, layout_error = None, None
+    if run.settings.layout_dir:
+        layout = {"root": str(run.settings.layout_dir), "files": 0}
     for name, outcome in sources.items():
         if outcome["status"] != "ok":
             continue
-        prefixes += run.source(name).layout
         table = manifest.read_table(store, manifest.source_key(name))
-        if table is None:
-            continue
-        usable = manifest.usable(table)
-        files += list(zip(usable["path"].to_pylist(), usable["bytes"].to_pylist(), strict=True))
-        bad = (
-            table.filter(pc.equal(table["status"], "invalid")).select(["path", "error", "origin"]).to_pylist()
-        )
-        quarantine += [{"source": name, **row} for row in bad]
+        if table is not None:
+            counts = manifest.counts(table)
+            usable_files += sum(counts[status] for status in manifest.USABLE)
+            bad = table.filter(pc.equal(table["status"], "invalid")).select(["path", "error", "origin"])
+            quarantine += [{"source": name, **row} for row in bad.to_pylist()]
+        if layout is not None and layout_error is None:
+            # One source at a time: its files are the only per-file state held (the largest source, not the corpus).
+            # The tree is a function of the manifests, so a retry after a kill here converges (see layout.py). A
+            # failure of the tree is reported with every source's outcome, then fails the task so it is retried.
+            try:
+                _lay_out_source(run, name, table, layout)
+            except Exception as e:
+                layout_error = e
+                layout["error"] = f"{type(e).__name__}: {e}"
+        del table
+    if layout is not None and layout_error is None:
+        from mgdata.layout import materialize_annotations
 
-    layout, layout_error = None, None
-    if run.settings.layout_dir:
-        from mgdata.layout import materialize, materialize_annotations
-
-        # The tree is a function of the manifests, so a retry after a kill here converges (see layout.py). A
-        # failure of the tree is reported with every source's outcome, then fails the task so it is retried.
         try:
-            layout = materialize(store, run.settings.layout_dir, files, prefixes)
             layout["annotations"] = materialize_annotations(store, run.settings.layout_dir)
         except Exception as e:
             layout_error = e
-            layout = {
-                "root": str(run.settings.layout_dir),
-                "files": len(files),
-                "error": f"{type(e).__name__}: {e}",
-            }
+            layout["error"] = f"{type(e).__name__}: {e}"
 
     failed = sorted(n for n, o in sources.items() if o["status"] == "failed")
     totals = {
@@ -108,7 +119,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         "failed_sources": failed,
         "report": store.describe(f"runs/{run.run_id}/report.json"),
         "images": totals["images_ok"] + totals["images_normalized"],
-        "layout_files": len(files),
+        "layout_files": usable_files,
         "totals": totals,
         "sources": {name: {k: o.get(k) for k in ("status", *totals)} for name, o in sources.items()},
     }
