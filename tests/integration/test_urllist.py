@@ -153,7 +153,8 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
     before = len(server.requests)
     second = ingest_source(Run(settings, "run2"), "ocr_vqa")
     asked = [p for _, p, _ in server.requests[before:] if p.startswith(f"/{COVERS}/")]
-    assert len(asked) == 4, asked
+    # four URLs asked again (one may be asked twice: a read that times out on a loaded machine is retried)
+    assert len(set(asked)) == 4, asked
     assert second["files_fetched"] == 0
     assert second["images_ok"] + second["images_normalized"] == usable + 1
     plan = json.loads(store.read_bytes("runs/run2/sources/ocr_vqa/plan.json"))
