@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from odd_sources import png
 from PIL import Image
 
 from mgdata import manifest
@@ -25,12 +26,6 @@ from mgdata.storage import LocalStore
 SOURCE = "ai2d"
 PREFIX = "ai2d/images/"
 STORE_PREFIXES = {"raw", "data", "quarantine", "manifests", "state", "runs", "work"}
-
-
-def png(color: tuple[int, int, int], size=(24, 16)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def jpeg_with_exif(exif: bytes) -> bytes:

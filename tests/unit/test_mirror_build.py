@@ -34,6 +34,7 @@ from mgdata.mirror.build import (
     relpath_for_url,
     write_catalog,
 )
+from mgdata.mirror.media import decoded_format
 
 IMAGES = 20
 BASE_URL = "http://127.0.0.1:8765"
@@ -164,15 +165,6 @@ def test_coco_members_carry_zip64_extra_fields(mirror):
         assert archive.testzip() is None
 
 
-def _decode(data: bytes) -> str | None:
-    try:
-        with Image.open(BytesIO(data)) as image:
-            image.load()
-            return image.format
-    except Exception:
-        return None
-
-
 def test_good_members_decode_and_broken_ones_do_not(mirror):
     root, replicas = mirror
     for r in replicas:
@@ -182,13 +174,13 @@ def test_good_members_decode_and_broken_ones_do_not(mirror):
                 data = archive.read(name)
                 status = check_image(data, name).status
                 if name in r.broken_members:
-                    assert _decode(data) is None, name
+                    assert decoded_format(data) is None, name
                     assert status == "invalid", name
                 elif name in r.normalized_members:
-                    assert _decode(data) == "GIF", name
+                    assert decoded_format(data) == "GIF", name
                     assert status == "normalized", name
                 else:
-                    assert _decode(data) == expected_format, name
+                    assert decoded_format(data) == expected_format, name
                     assert status == "ok", name
 
 

@@ -223,7 +223,7 @@ HTML_PAGE = b"""<!DOCTYPE html>
 """
 
 
-def _decodes(data: bytes) -> str | None:
+def decoded_format(data: bytes) -> str | None:
     """The Pillow format when ``data`` fully decodes, else None."""
     try:
         with Image.open(BytesIO(data)) as image:
@@ -235,7 +235,7 @@ def _decodes(data: bytes) -> str | None:
 
 def truncated(data: bytes) -> bytes:
     cut = data[: len(data) // 2]
-    assert _decodes(cut) is None, "a JPEG cut at half must not decode"
+    assert decoded_format(cut) is None, "a JPEG cut at half must not decode"
     return cut
 
 
@@ -256,7 +256,7 @@ def corrupt_idat(png: bytes, rng: random.Random) -> bytes:
         body[at - start : at - start + len(run)] = run
         crc = struct.pack(">I", zlib.crc32(kind + bytes(body)) & 0xFFFFFFFF)
         corrupt = png[:start] + bytes(body) + crc + png[end + 4 :]
-        if _decodes(corrupt) is None:
+        if decoded_format(corrupt) is None:
             return corrupt
     raise RuntimeError("could not corrupt the PNG's IDAT data so that it fails to decode")
 
@@ -264,7 +264,7 @@ def corrupt_idat(png: bytes, rng: random.Random) -> bytes:
 def to_gif(image: Image.Image) -> bytes:
     small = image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
     data = encode(small.quantize(128, method=Image.Quantize.FASTOCTREE), "GIF")
-    assert _decodes(data) == "GIF"
+    assert decoded_format(data) == "GIF"
     return data
 
 
