@@ -295,10 +295,14 @@ def parse_catalog(raw: object, origin: str = "<catalog>") -> Catalog:
         ) from None
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader when present: the catalog is read at every DAG parse, in every task process (~1,100 a run)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise CatalogError(f"catalog {path}: file not found (set MGDATA_CATALOG to a catalog file)") from None
     except yaml.YAMLError as e:

@@ -119,3 +119,29 @@ def test_reads_runs_from_s3(client, moto_endpoint, tmp_path, monkeypatch):
     assert page.text.count('<tr class="run">') == 2
     run = client.get(f"/mgdata-audit/runs/{quote(RUN_1, safe='')}", cookies={"_token": token()})
     assert QUARANTINED in run.text
+
+
+def test_task_processes_load_the_plugin_without_its_web_app(tmp_path):
+    """Every task process loads all plugins to find listeners: the audit plugin must not import FastAPI there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    probe = (
+        "import sys\n"
+        "from airflow.sdk.listener import get_listener_manager\n"
+        "get_listener_manager()\n"
+        "assert 'mgdata_audit' in sys.modules, 'the plugin was not loaded'\n"
+        "print(sorted(m for m in ('fastapi', 'mgdata_audit_web.app') if m in sys.modules))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(root / "include"),
+    }
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
