@@ -11,7 +11,8 @@ local store (not timed). Then, interleaved `--rounds` times, from the same zip:
   store write, manifest), the stages the DAG runs, on shards of the shipped catalog's 256 MiB. First as an executor
   runs the mapped extract tasks with one slot per core (LocalExecutor's parallelism or a Celery worker's
   concurrency = cores): a fresh process per shard, `cores` at a time, each with MGDATA_EXTRACT_THREADS=2; then
-  every shard one after another in this process on extract's default thread pool, as `airflow dags test` does.
+  in this process as `ingest.ingest_source` runs them (`extract_shards`: two shards at a time, each on extract's
+  default thread pool).
   Airflow's own per-task start-up (about a second per task instance) is not in either figure.
 - baseline: `unzip -q` of the zip, then one process fully decoding (`Image.load()`) and sha256-hashing every
   extracted file with Pillow: the same work as ours but the store write and manifest;
@@ -40,7 +41,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import fetch_replica, interleaved, loadavg, min_median
-from mgdata.ingest import Run, extract_shard, finalize_source, plan_shards
+from mgdata.ingest import Run, extract_shard, extract_shards, finalize_source, plan_shards
 from mgdata.mirror.build import build_mirror
 from mgdata.mirror.media import sha256_file
 from mgdata.settings import Settings
@@ -119,7 +120,7 @@ def timed_ingest(run_: Run, slots: int) -> tuple[float, float, int]:
             args = [(run_.settings.storage, run_.settings.catalog, s) for s in shards]
             members = sum(pool.map(extract_in_process, *zip(*args, strict=True)))
     else:
-        members = sum(extract_shard(run_, "coco", s)["members"] for s in shards)
+        members = sum(r["members"] for r in extract_shards(run_, "coco", shards))
     finalize_source(run_, "coco")
     return time.perf_counter() - t, cpu_seconds() - cpu, members
 

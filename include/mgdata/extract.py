@@ -99,6 +99,13 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
+@functools.cache
+def pixel_budget(limit: int) -> PixelBudget:
+    """The process's decode budget: extracts running at once in one process (`ingest.extract_shards` overlaps two
+    shards) share it, so decoding memory stays bounded per process, not per shard."""
+    return PixelBudget(limit)
+
+
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -324,7 +331,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
     origin = f"raw/{source}/{f.name}!"
     started = time.monotonic()
     rows: list[dict] = []
-    budget = PixelBudget(decode_budget())
+    budget = pixel_budget(decode_budget())
     return_large_buffers()
 
     def row_path(member: Member, target: str | None) -> str:
