@@ -182,19 +182,31 @@ def _box_problem(entry: object) -> str | None:
     if missing:
         return f"no {', '.join(missing)}"
     boxes, scores, labels = entry["boxes"], entry["scores"], entry["labels"]
-    if not isinstance(boxes, list) or not all(
-        isinstance(b, list) and len(b) == 4 and all(_number(v) for v in b) for b in boxes
-    ):
+    # Plain loops and exact types (JSON gives list, int, float; bool is not a number here): this runs for every
+    # entry of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
+    if type(boxes) is not list:
         return "boxes are not rows of 4 numbers"
-    if not isinstance(scores, list) or len(scores) != len(boxes) or not all(_number(v) for v in scores):
+    for b in boxes:
+        if type(b) is not list or len(b) != 4:
+            return "boxes are not rows of 4 numbers"
+        for v in b:
+            if type(v) not in _NUMBER_TYPES:
+                return "boxes are not rows of 4 numbers"
+    if type(scores) is not list or len(scores) != len(boxes) or not _all_numbers(scores):
         return f"{len(scores) if isinstance(scores, list) else 'no list of'} scores for {len(boxes)} boxes"
     if not isinstance(labels, list) or len(labels) != len(boxes):
         return f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes"
     return None
 
 
-def _number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _all_numbers(values: list) -> bool:
+    for v in values:
+        if type(v) not in _NUMBER_TYPES:
+            return False
+    return True
 
 
 @dataclass
