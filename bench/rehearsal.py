@@ -124,11 +124,12 @@ def build_mirror(work: Path, scale: float, instances: float) -> tuple[Path, floa
     return mirror, time.monotonic() - began
 
 
-def serve_mirror(work: Path, mirror: Path) -> tuple[subprocess.Popen, str, Path]:
+def serve_mirror(work: Path, mirror: Path, port: int = 0) -> tuple[subprocess.Popen, str, Path]:
+    """The mirror on loopback (`port` 0: any free one); returns the server, its base URL and the catalog for it."""
     catalog, ready = work / "catalog.yaml", work / "mirror.ready"
     ready.unlink(missing_ok=True)
     log = (work / "mirror.log").open("w")
-    cmd = [sys.executable, "-m", "mgdata.mirror", "serve", str(mirror), "--port", "0"]
+    cmd = [sys.executable, "-m", "mgdata.mirror", "serve", str(mirror), "--port", str(port)]
     cmd += ["--catalog-out", str(catalog), "--ready-file", str(ready)]
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 600  # the catalog step rewrites OCR-VQA's dataset.json for the real address
@@ -430,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=5400, help="seconds each run may take (default 5400)"
     )
     parser.add_argument("--parallelism", type=int, default=os.cpu_count() or 2, help="LocalExecutor slots")
+    parser.add_argument(
+        "--refreshes-only", action="store_true",
+        help="keep the store and data/ of the last rehearsal in --work (same scale) and run only the two refreshes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -441,13 +446,23 @@ def main(argv: list[str] | None = None) -> int:
     result.update(files=record["files"], mirror_bytes=record["bytes"], mirror_build_seconds=round(build_seconds, 1),
                   mirror_files_per_second=record["files_per_second"], shard_bytes=record["shard_bytes"],
                   expected_extract_instances=rehearsal.real_instances(args.scale, args.instances))  # fmt: skip
-    for stale in ("store", "data", "airflow", "logs", PROBE):
+    if args.refreshes_only and not (work / "store" / "runs").is_dir():
+        parser.error(f"--refreshes-only: no earlier rehearsal's store in {work}")
+    for stale in (
+        ("airflow", "logs", PROBE) if args.refreshes_only else ("store", "data", "airflow", "logs", PROBE)
+    ):
         path = work / stale
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    server, base_url, catalog = serve_mirror(work, mirror)
+    # A refreshes-only rehearsal serves the mirror where the store last saw it: OCR-VQA's URL list names the
+    # cover host's address, so a new port would be a changed upstream (every cover fetched again).
+    last = work / "mirror.url"
+    port = int(last.read_text().strip().rsplit(":", 1)[1]) if args.refreshes_only and last.is_file() else 0
+    server, base_url, catalog = serve_mirror(work, mirror, port)
+    last.write_text(base_url + "\n")
     store_root, layout = work / "store", work / "data"
     store = open_store(f"file://{store_root}")
-    store.put_file("inbox/docvqa/train.tar.gz", mirror / record["docvqa"]["relpath"])
+    if not args.refreshes_only:
+        store.put_file("inbox/docvqa/train.tar.gz", mirror / record["docvqa"]["relpath"])
     plugins_folder(work)
     env = {
         "MGDATA_STORAGE": f"file://{store_root}", "MGDATA_LAYOUT_DIR": str(layout), "HF_ENDPOINT": base_url,
@@ -461,11 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_dag(d)
         d.api("PATCH", f"dags/{DAG}", json={"is_paused": False})
         steps = (("first", {}), ("unchanged_refresh", {}), ("one_changed_refresh", {}))
-        for label, conf in steps:
+        # a refreshes-only rehearsal changes AI2D again, so its seed must differ from every earlier one's
+        seed = int(time.time()) if args.refreshes_only else 1
+        for label, conf in steps[1:] if args.refreshes_only else steps:
             if label == "one_changed_refresh":
-                change_source(mirror, base_url, catalog, seed=1)
+                change_source(mirror, base_url, catalog, seed=seed)
                 time.sleep(6)  # the dag-processor re-parses on its 5 s refresh interval
-            run_id = f"rehearsal-{label}"
+            run_id = f"rehearsal-{label}" + (f"-{seed}" if args.refreshes_only else "")
             state, seconds = trigger_and_wait(d, run_id, conf, args.timeout)
             run = {"run_id": run_id, "state": state, "seconds": round(seconds, 1)}
             result["runs"][label] = run

@@ -1,7 +1,7 @@
 """Airflow plugin the rehearsal loads beside the audit plugin: one JSON line per finished task instance.
 
 A listener runs inside the task process, so it sees what the scheduler's records cannot: when the process was forked
-(from /proc), when our task code began (`on_task_instance_running`) and ended (success or failure), and the process's
+(from /proc), when our task code began (`on_task_instance_running`) and ended (success, failure or a skip), and the process's
 peak RSS (`ru_maxrss`, pages shared with its supervisor included). Lines are appended to the file named by
 `MGDATA_REHEARSAL_PROBE` with one `write` each (O_APPEND: lines of concurrent tasks never interleave).
 """
@@ -65,6 +65,13 @@ def on_task_instance_success(previous_state, task_instance) -> None:
 @hookimpl
 def on_task_instance_failed(previous_state, task_instance, error) -> None:
     _record(task_instance, "failed")
+
+
+@hookimpl
+def on_task_instance_skipped(previous_state, task_instance) -> None:
+    """A task that ended by skipping itself (an unchanged source's `plan`) ran our code too: without this, its
+    code time counted as Airflow's."""
+    _record(task_instance, "skipped")
 
 
 class RehearsalProbe(AirflowPlugin):
