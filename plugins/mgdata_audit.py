@@ -1,8 +1,8 @@
 """Run audit for `mgllava_data`: an Airflow 3 UI plugin (a FastAPI app plus a navigation entry, Browse → MG-LLaVA data).
 
 The app itself is `mgdata_audit_web/app.py`. This file stays cheap to import on purpose: Airflow loads every plugin in
-every task process (to find listeners), and importing FastAPI there cost ~0.5 s of start-up per task instance, about
-a tenth of a full run's ~1,100 instances' slot time (README, "Rehearsal"). The api-server reads `fastapi_apps` from
+every task process (to find listeners), and importing FastAPI there cost ~0.7 s of start-up per task instance, about
+a quarter of the slot time of a full run's ~1,150 instances (README, "Rehearsal"). The api-server reads `fastapi_apps` from
 the plugin instance, which is when the app is imported.
 """
 
