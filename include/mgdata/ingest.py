@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
 
 from mgdata import manifest
 from mgdata.catalog import RemoteFile
@@ -353,18 +354,23 @@ SHARDS_AT_ONCE = 2
 
 
 def extract_shards(run: Run, source: str, shard_ids: list[str]) -> list[dict]:
-    """Extract shards in this process, two at a time, in shard order: the next shard starts while the last one
-    drains (its final decodes, the flush, its manifest part), which one after another left a core idle at every
-    shard boundary. Both share the process's decode budget (`extract.pixel_budget`). On the first failure the
-    shards not yet begun are dropped and the error is raised once the running one ends."""
-    with ThreadPoolExecutor(SHARDS_AT_ONCE, thread_name_prefix=f"shards-{source}") as pool:
-        futures = [pool.submit(extract_shard, run, source, shard_id) for shard_id in shard_ids]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    """Extract shards in this process, in shard order, two at a time within each file: the next shard starts while
+    the last one drains (its final decodes, the flush, its manifest part), which one after another left a core idle
+    at every shard boundary. Both share the process's decode budget (`extract.pixel_budget`). Files go one after
+    another, so when two files of a source name the same path the later file's bytes are the ones stored, as its
+    manifest row says. On the first failure the shards not yet begun are dropped and the error is raised once the
+    running one ends."""
+    results: list[dict] = []
+    for _, same_file in groupby(shard_ids, key=lambda shard_id: shard_id.rsplit("/", 1)[0]):
+        with ThreadPoolExecutor(SHARDS_AT_ONCE, thread_name_prefix=f"shards-{source}") as pool:
+            futures = [pool.submit(extract_shard, run, source, shard_id) for shard_id in same_file]
+            try:
+                results += [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------- finalize
