@@ -299,17 +299,8 @@ def verify_times(store_root: Path, layout: Path) -> dict:
     out = {}
     for json_file in sorted((store_root / "annotations" / "train_json").glob("*.json")):
         boxes = store_root / "annotations" / "bbox_json" / "train" / (json_file.stem + "_only_box.json")
-        cmd = [
-            sys.executable,
-            "-m",
-            "mgdata",
-            "verify",
-            "--fast",
-            "--data",
-            str(layout),
-            "--json",
-            str(json_file),
-        ]
+        cmd = [sys.executable, "-m", "mgdata", "verify", "--fast", "--data", str(layout)]
+        cmd += ["--json", str(json_file)]
         cmd += ["--boxes", str(boxes)] if boxes.is_file() else []
         began = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,8 +1,8 @@
 """Airflow plugin the rehearsal loads beside the audit plugin: one JSON line per finished task instance.
 
 A listener runs inside the task process, so it sees what the scheduler's records cannot: when the process was forked
-(from /proc), when our task code began (`on_task_instance_running`) and ended (success, failure or a skip), and the process's
-peak RSS (`ru_maxrss`, pages shared with its supervisor included). Lines are appended to the file named by
+(from /proc), when our task code began (`on_task_instance_running`) and ended (success, failure or a skip), and the
+process's peak RSS (`ru_maxrss`, pages shared with its supervisor included). Lines are appended to the file named by
 `MGDATA_REHEARSAL_PROBE` with one `write` each (O_APPEND: lines of concurrent tasks never interleave).
 """
 

@@ -187,11 +187,8 @@ def _box_problem(entry: object) -> str | None:
     if type(boxes) is not list:
         return "boxes are not rows of 4 numbers"
     for b in boxes:
-        if type(b) is not list or len(b) != 4:
+        if type(b) is not list or len(b) != 4 or not _all_numbers(b):
             return "boxes are not rows of 4 numbers"
-        for v in b:
-            if type(v) not in _NUMBER_TYPES:
-                return "boxes are not rows of 4 numbers"
     if type(scores) is not list or len(scores) != len(boxes) or not _all_numbers(scores):
         return f"{len(scores) if isinstance(scores, list) else 'no list of'} scores for {len(boxes)} boxes"
     if not isinstance(labels, list) or len(labels) != len(boxes):

@@ -6,6 +6,9 @@ plugins/ folder. Tokens are made by the configured auth manager (SimpleAuthManag
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import quote
 
 import jwt
@@ -123,10 +126,6 @@ def test_reads_runs_from_s3(client, moto_endpoint, tmp_path, monkeypatch):
 
 def test_task_processes_load_the_plugin_without_its_web_app(tmp_path):
     """Every task process loads all plugins to find listeners: the audit plugin must not import FastAPI there."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     probe = (
         "import sys\n"
