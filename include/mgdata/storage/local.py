@@ -1,0 +1,258 @@
+"""The local-folder store (the embedded default): objects are files, published by rename from a temp file."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import itertools
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from mgdata.storage.base import (
+    MiB,
+    ObjectInfo,
+    ObjectWriter,
+    Store,
+    StoreError,
+    UnstorableKey,
+    check_key,
+    libc_or_none,
+)
+
+# errno values that mean "this name cannot exist here", as opposed to a full disk or a failing device
+_NAME_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def _write_error(name: str, e: OSError) -> StoreError:
+    kind = UnstorableKey if e.errno in _NAME_ERRNOS else StoreError
+    return kind(f"cannot write {name}: {e.strerror or e}")
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding `path` (Linux syncfs(2)); elsewhere, every filesystem (sync(2))."""
+    libc = libc_or_none()
+    if libc is not None and hasattr(libc, "syncfs"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+    else:
+        os.sync()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    try:  # a zombie (killed, not yet reaped: an orphan where PID 1 does not reap) writes nothing more
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS), or gone meanwhile
+        return True
+
+
+class _LocalWriter(ObjectWriter):
+    def __init__(self, store: LocalStore, target: Path, name: str, durable: bool = True):
+        self._store, self._target, self._name, self._durable = store, target, name, durable
+        self._tmp = store.temp_path()
+        try:
+            self._f = open(self._tmp, "wb")
+        except FileNotFoundError:  # .tmp/ was removed behind the store's back since it was made
+            store.ensure_dir(self._tmp.parent, known=False)
+            self._f = open(self._tmp, "wb")
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = self._f.write(data)
+        except OSError as e:  # a full disk (ENOSPC), a size limit (EFBIG): name the object, not the temp file
+            raise StoreError(f"cannot write {self._name}: {e.strerror or e}") from e
+        self.bytes_written += n
+        return n
+
+    def commit(self) -> None:
+        try:
+            self._f.flush()
+            if self._durable:
+                os.fsync(self._f.fileno())
+            self._f.close()
+            self._store.ensure_dir(self._target.parent)
+            try:
+                os.replace(self._tmp, self._target)
+            except FileNotFoundError:  # its folder was removed behind the store's back since it was made
+                self._store.ensure_dir(self._target.parent, known=False)
+                os.replace(self._tmp, self._target)
+        except OSError as e:  # the last buffered bytes may only fail here; the temp file must not outlive it
+            self.abort()
+            raise _write_error(self._name, e) from e
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        except OSError:  # flushing the buffered tail of a discarded object can fail on a full disk
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+
+class _FileRange(io.RawIOBase):
+    """A file window [start, end) read forward only."""
+
+    def __init__(self, path: Path, start: int, end: int | None):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = None if end is None else max(0, end - start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = len(b) if self._left is None else min(len(b), self._left)
+        if n == 0:
+            return 0
+        got = self._f.readinto(memoryview(b)[:n])
+        if self._left is not None:
+            self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class LocalStore(Store):
+    """Objects are files under `root`; temporary files live in `root/.tmp` so renames stay on one filesystem."""
+
+    TMP_DIR = ".tmp"
+    STALE_PART_SECONDS = 24 * 3600  # a temp file untouched this long is abandoned, whoever wrote it
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = self.root.as_uri()
+        self._host = socket.gethostname()
+        self.clean_stale_parts()
+        # Extract writes thousands of small objects a second from many threads: folders already made are
+        # remembered and temp names come from a counter, saving a mkdir, a stat, a uname and a urandom read per object.
+        self._dirs: set[Path] = set()
+        self._token = uuid.uuid4().hex[:16]
+        self._serial = itertools.count()
+
+    def temp_path(self) -> Path:
+        """A new temp file name `<host>.<pid>.<unique>.part` in `.tmp/`: the host and pid let the next LocalStore
+        tell a killed writer's leftovers from a live one's (`clean_stale_parts`)."""
+        tmp = self.root / self.TMP_DIR
+        self.ensure_dir(tmp)
+        return tmp / f"{self._host}.{os.getpid()}.{self._token}{next(self._serial):x}.part"
+
+    def ensure_dir(self, path: Path, *, known: bool = True) -> None:
+        if known and path in self._dirs:
+            return
+        os.makedirs(path, exist_ok=True)
+        self._dirs.add(path)
+
+    def clean_stale_parts(self) -> list[str]:
+        """Remove temp files of writers that can no longer commit them: written on this host by a process that is
+        gone (a SIGKILLed task), or, from any host, untouched for `STALE_PART_SECONDS`. Returns the names removed."""
+        tmp, host, removed = self.root / self.TMP_DIR, self._host, []
+        try:
+            entries = list(os.scandir(tmp))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.name.endswith(".part"):
+                continue
+            writer, _, _uuid = entry.name.removesuffix(".part").rpartition(".")  # <host>.<pid>.<uuid>.part
+            writer_host, _, pid = writer.rpartition(".")
+            try:
+                dead = writer_host == host and pid.isdigit() and not _pid_alive(int(pid))
+                if dead or time.time() - entry.stat().st_mtime > self.STALE_PART_SECONDS:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:  # its writer committed or aborted it meanwhile
+                pass
+        return removed
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a name no file here can have
+                return None
+            raise
+        return ObjectInfo(key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        try:
+            return io.BufferedReader(_FileRange(self._path(key), start, end), 1 * MiB)
+        except FileNotFoundError:
+            raise StoreError(f"no object {self.describe(key)}") from None
+
+    def open_seekable(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"no object {self.describe(key)}") from None
+
+    def new_writer(self, key: str, *, durable: bool = True) -> ObjectWriter:
+        try:
+            return _LocalWriter(self, self._path(key), self.describe(key), durable)
+        except OSError as e:
+            raise _write_error(self.describe(key), e) from e
+
+    def sync(self) -> None:
+        try:
+            _syncfs(self.root)
+        except OSError as e:
+            raise StoreError(f"cannot flush {self.url} to disk: {e.strerror or e}") from e
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Walk only the deepest directory the prefix names, then filter by the string prefix like S3 does.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self.root.joinpath(*base.split("/")) if base else self.root
+        if not top.is_dir():
+            return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d != self.TMP_DIR]
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            info = self.stat(key)
+            if info is not None:
+                yield info
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except (
+            NotADirectoryError,
+            IsADirectoryError,
+        ):  # a file on the key's path, or a folder under its name:
+            pass  # no object of this key
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
