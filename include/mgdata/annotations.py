@@ -102,8 +102,30 @@ RULES: dict[str, tuple[str, str, str]] = {
     ),
     "boxes_malformed": (
         "crash",
-        "image samples whose bbox entry is not {boxes: rows of 4 numbers, scores, labels: one per box}",
-        "mg_llava/module/mg_llava_dataset.py:72-79, mg_llava/dataset/utils.py bbox_nms",
+        "image samples whose bbox entry is not {boxes: rows of 4, scores and labels: lists of one per box}",
+        "mg_llava/module/mg_llava_dataset.py:72-79 (KeyError), mg_llava/dataset/utils.py:562-565 reshape(-1, 4), "
+        "batched_nms (one box per score)",
+    ),
+    "box_coordinates_invalid": (
+        "crash",
+        "image samples whose boxes hold a coordinate torch.tensor cannot take (a string, null, list or object)",
+        "mg_llava/dataset/utils.py:722,725 box[1] + delta; :562 torch.tensor(boxes) (a bool is 0/1 and passes)",
+    ),
+    "box_labels_unhashable": (
+        "crash",
+        "image samples whose bbox labels hold a value that cannot be hashed (a list or an object)",
+        "mg_llava/dataset/utils.py:559 set(labels) (TypeError: unhashable type)",
+    ),
+    "box_scores_invalid": (
+        "crash",
+        "image samples whose bbox scores hold a value torch.tensor cannot take (a string, null, list or object)",
+        "mg_llava/dataset/utils.py:563 torch.tensor(scores)",
+    ),
+    "box_scores_not_float": (
+        "crash",
+        "image samples whose bbox scores are all whole numbers or bools, so torch.tensor makes them int64 or bool",
+        "mg_llava/dataset/utils.py:565 batched_nms(boxes.float(), scores, ...): torchvision nms_kernel.cpp "
+        "'dets should have the same type as scores'",
     ),
     "box_entry_without_id": (
         "crash",
@@ -174,36 +196,93 @@ def _items(stream: BinaryIO, label: str, *, allow_object: bool = False) -> tuple
 # ------------------------------------------------------------------------------------------------ the bbox JSON
 
 
-def _box_problem(entry: object) -> str | None:
-    """Why bbox_nms / adjust_padding_boxes would fail on this entry, or None."""
+def _box_problem(entry: object) -> tuple[str, str] | None:
+    """(rule, reason) for the first thing MGLLaVADataset.__getitem__ would fail on in this bbox entry, or None.
+
+    The trainer's lines, in the order it runs them (PhoenixZ810/MG-LLaVA @ 3237152):
+    `mg_llava/module/mg_llava_dataset.py:72-74` takes `boxes`, `labels`, `scores`; `:79` `adjust_padding_boxes`
+    (`mg_llava/dataset/utils.py:717-727`, `pad_image_to_square = True` in every shipped config) does `box[1] + delta`
+    on each row; `bbox_nms` (`utils.py:558-565`) does `set(labels)`, `torch.tensor(boxes).reshape(-1, 4)`,
+    `torch.tensor(scores)` and `batched_nms(boxes.float(), scores, labels)`, whose CPU kernel
+    (pytorch/vision `torchvision/csrc/ops/cpu/nms_kernel.cpp` @ 01d5d10) checks one box per score and that the scores
+    have the boxes' dtype (float32). Each rule accepts exactly what those lines accept: a bool is a number to
+    `torch.tensor` and to `+` (0/1), any hashable JSON value (string, number, bool, null) is a label, and a
+    score list with at least one fractional number becomes float32 (ints and bools alone give int64 or bool).
+    """
     if not isinstance(entry, dict):
-        return "entry is not an object"
+        return "boxes_malformed", "entry is not an object"
     missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
     if missing:
-        return f"no {', '.join(missing)}"
+        return "boxes_malformed", f"no {', '.join(missing)}"
     boxes, scores, labels = entry["boxes"], entry["scores"], entry["labels"]
-    # Plain loops and exact types (JSON gives list, int, float; bool is not a number here): this runs for every
-    # entry of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
+    # Plain loops over exact types (JSON gives list, dict, str, int, float, bool, None): this runs for every entry
+    # of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
     if type(boxes) is not list:
-        return "boxes are not rows of 4 numbers"
+        return "boxes_malformed", "boxes are not rows of 4 numbers"
     for b in boxes:
-        if type(b) is not list or len(b) != 4 or not _all_numbers(b):
-            return "boxes are not rows of 4 numbers"
-    if type(scores) is not list or len(scores) != len(boxes) or not _all_numbers(scores):
-        return f"{len(scores) if isinstance(scores, list) else 'no list of'} scores for {len(boxes)} boxes"
+        if type(b) is not list or len(b) != 4:
+            return "boxes_malformed", "boxes are not rows of 4 numbers"
+    for i, b in enumerate(boxes):
+        j = _first_non_number(b)
+        if j >= 0:
+            return (
+                "box_coordinates_invalid",
+                f"boxes[{i}][{j}] is {_json_kind(b[j])}: torch.tensor(boxes) fails",
+            )
+    if type(scores) is not list or len(scores) != len(boxes):
+        return (
+            "boxes_malformed",
+            f"{len(scores) if isinstance(scores, list) else 'no list of'} scores for {len(boxes)} boxes",
+        )
     if not isinstance(labels, list) or len(labels) != len(boxes):
-        return f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes"
+        return (
+            "boxes_malformed",
+            f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes",
+        )
+    for i, label in enumerate(labels):
+        if type(label) not in _HASHABLE_JSON and not _hashable(label):
+            return "box_labels_unhashable", f"labels[{i}] is {_json_kind(label)}: set(labels) fails"
+    fractional = False
+    for j, v in enumerate(scores):
+        if type(v) is float:
+            fractional = True
+        elif type(v) not in _NUMBER_TYPES:
+            return "box_scores_invalid", f"scores[{j}] is {_json_kind(v)}: torch.tensor(scores) fails"
+    if scores and not fractional:
+        kind = "bool" if all(type(s) is bool for s in scores) else "int64"
+        return (
+            "box_scores_not_float",
+            f"scores are all whole numbers ({kind} tensor): batched_nms needs float32",
+        )
     return None
 
 
-_NUMBER_TYPES = frozenset({int, float})
+_NUMBER_TYPES = frozenset({int, float, bool})  # what torch.tensor takes as a number (a bool becomes 0/1)
+_HASHABLE_JSON = frozenset({str, int, float, bool, type(None)})
 
 
-def _all_numbers(values: list) -> bool:
-    for v in values:
+def _first_non_number(values: list) -> int:
+    """The index of the first value torch.tensor does not take as a number, or -1."""
+    for i, v in enumerate(values):
         if type(v) not in _NUMBER_TYPES:
-            return False
+            return i
+    return -1
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
     return True
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "a null"
+    if isinstance(value, str):
+        return f"a string {value[:20]!r}"
+    return {list: "a list", dict: "an object", tuple: "a list"}.get(type(value), f"a {type(value).__name__}")
 
 
 @dataclass
@@ -211,7 +290,7 @@ class Boxes:
     """A bbox JSON as the trainer keys it: a list becomes {str(id): entry}, an object is used as is."""
 
     keys: set[str] = field(default_factory=set)
-    malformed: dict[str, str] = field(default_factory=dict)
+    malformed: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (rule, reason)
     without_id: int = 0
     first_without_id: list[int] = field(default_factory=list)
 
@@ -442,7 +521,8 @@ class Check:
                         if key is None or key not in box.keys:
                             hit("boxes_missing", s.label)
                         elif key in box.malformed:
-                            hit("boxes_malformed", f"{s.label}: {box.malformed[key]}")
+                            rule, reason = box.malformed[key]
+                            hit(rule, f"{s.label}: {reason}")
                     image = s.image
                     pending.append((image, pool.submit(resolve, image) if pool else resolve(image)))
                     while len(pending) > (4 * self.workers if pool else 0):

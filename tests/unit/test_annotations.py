@@ -250,6 +250,10 @@ VIOLATIONS = {
     "image_column_dropped": ([s("t", image=None), GOOD], None),
     "boxes_missing": ([s(7.0)], [box(7.0)]),  # a float id: str(7.0) keys the boxes, the lookup uses 7.0
     "boxes_malformed": ([GOOD], [box("a", scores=[0.5, 0.4])]),
+    "box_coordinates_invalid": ([GOOD], [box("a", boxes=[[1, 2, 3, "4"]])]),
+    "box_labels_unhashable": ([GOOD], [box("a", labels=[["cat", "dog"]])]),
+    "box_scores_invalid": ([GOOD], [box("a", scores=["0.5"])]),
+    "box_scores_not_float": ([GOOD], [box("a", scores=[1])]),
     "box_entry_without_id": ([GOOD], [box("a"), {"boxes": [], "scores": [], "labels": []}]),
 }
 
