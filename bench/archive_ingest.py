@@ -42,9 +42,9 @@ from PIL import Image
 
 from bench.common import fetch_replica, interleaved, loadavg, min_median
 from mgdata.ingest import Run, extract_shard, extract_shards, finalize_source, plan_shards
-from mgdata.mirror.build import build_mirror
-from mgdata.mirror.media import sha256_file
 from mgdata.settings import Settings
+from offline_mirror.build import build_mirror
+from offline_mirror.media import sha256_file
 
 
 def decode_all(paths: list[Path]) -> int:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mgdata.ingest import Run, fetch_file, plan_source
-from mgdata.mirror.build import ReplicaFile, write_catalog
-from mgdata.mirror.server import MirrorServer
 from mgdata.settings import Settings
+from offline_mirror.build import ReplicaFile, write_catalog
+from offline_mirror.server import MirrorServer
 
 
 def free_port() -> int:

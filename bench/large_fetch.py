@@ -3,7 +3,7 @@
 
     .venv/bin/python -m bench.large_fetch [--size-mib 1024] [--rate-mib 20] [--rounds 3] [--curl]
 
-Writes one random file and serves it with `python -m mgdata.mirror.server` in its own process (so the server does not
+Writes one random file and serves it with `python -m offline_mirror.server` in its own process (so the server does not
 share our GIL), first with `--rate-limit` (bytes per second per connection, as slow academic mirrors do), then
 without. Against each server, interleaved `--rounds` times:
 
@@ -60,7 +60,7 @@ def write_file(path: Path, size: int) -> str:
 
 def serve(root: Path, rate: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "mgdata.mirror.server", str(root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "offline_mirror.server", str(root), "--port", str(port)]
     if rate:
         cmd += ["--rate-limit", str(rate)]
     base = f"http://127.0.0.1:{port}"

@@ -29,11 +29,11 @@ from mgdata.ingest import (
     Run,
     ingest_source,
 )
-from mgdata.mirror.build import build_mirror, stand_in_routes, write_catalog
-from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import COVERS
 from mgdata.run import SourceSkipped
 from mgdata.settings import Settings
+from offline_mirror.build import build_mirror, stand_in_routes, write_catalog
+from offline_mirror.server import MirrorServer
+from offline_mirror.web_replicas import COVERS
 
 
 def one_run(run: Run) -> tuple[int, list[str]]:

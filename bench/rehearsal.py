@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.rehearsal [--scale 0.01|0.1|full] [--instances F] [--work DIR] [--timeout S]
     make rehearsal SCALE=0.1
 
-1. builds the rehearsal mirror (`python -m mgdata.mirror build DIR --scale S`: every source at its real file count x S,
+1. builds the rehearsal mirror (`python -m offline_mirror build DIR --scale S`: every source at its real file count x S,
    real archive shapes, tiny images, shards cut to the real run's number of extract instances) and serves it on
-   loopback (`python -m mgdata.mirror serve`: plain HTTP, the Hub, Drive and cover-host stand-ins);
+   loopback (`python -m offline_mirror serve`: plain HTTP, the Hub, Drive and cover-host stand-ins);
 2. puts DocVQA's archive in the store's inbox, as a registered user does;
 3. runs Airflow as deployed, not `airflow dags test`: `api-server`, `scheduler` and `dag-processor` with the
    LocalExecutor (parallelism = cores) on a throwaway PostgreSQL database (`tests/deployment/processes.py`'s
@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT / "tests" / "deployment"))  # the deployment test's 
 
 from processes import Deployment  # noqa: E402
 
-from mgdata.mirror import rehearsal  # noqa: E402
-from mgdata.mirror.build import load_replicas  # noqa: E402
 from mgdata.storage import open_store  # noqa: E402
+from offline_mirror import rehearsal  # noqa: E402
+from offline_mirror.build import load_replicas  # noqa: E402
 
 DAG = "mgllava_data"
 CHANGED = "ai2d"  # the source that changes upstream before the third run
@@ -119,7 +119,7 @@ def build_mirror(work: Path, scale: float, instances: float) -> tuple[Path, floa
             return mirror, 0.0
     shutil.rmtree(mirror, ignore_errors=True)
     began = time.monotonic()
-    cmd = [sys.executable, "-m", "mgdata.mirror", "build", str(mirror), "--scale", str(scale)]
+    cmd = [sys.executable, "-m", "offline_mirror", "build", str(mirror), "--scale", str(scale)]
     subprocess.run([*cmd, "--instances", str(instances)], check=True, stdout=subprocess.DEVNULL)
     return mirror, time.monotonic() - began
 
@@ -129,7 +129,7 @@ def serve_mirror(work: Path, mirror: Path, port: int = 0) -> tuple[subprocess.Po
     catalog, ready = work / "catalog.yaml", work / "mirror.ready"
     ready.unlink(missing_ok=True)
     log = (work / "mirror.log").open("w")
-    cmd = [sys.executable, "-m", "mgdata.mirror", "serve", str(mirror), "--port", str(port)]
+    cmd = [sys.executable, "-m", "offline_mirror", "serve", str(mirror), "--port", str(port)]
     cmd += ["--catalog-out", str(catalog), "--ready-file", str(ready)]
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 600  # the catalog step rewrites OCR-VQA's dataset.json for the real address
@@ -352,8 +352,8 @@ def change_source(mirror: Path, base_url: str, catalog: Path, seed: int) -> None
     replicas = [built.replica if r.source == CHANGED else r for r in load_replicas(mirror)]
     from dataclasses import asdict
 
-    from mgdata.mirror.build import REPLICAS_JSON
-    from mgdata.mirror.media import write_text_atomic
+    from offline_mirror.build import REPLICAS_JSON
+    from offline_mirror.media import write_text_atomic
 
     write_text_atomic(mirror / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=1) + "\n")
     rehearsal.write_catalog(mirror, base_url, replicas, out=catalog)

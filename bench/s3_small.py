@@ -33,8 +33,8 @@ from pathlib import Path
 
 from bench.common import fetch_replica, free_port, interleaved, loadavg, min_median, start_server
 from mgdata.ingest import Run, extract_shard, plan_shards
-from mgdata.mirror.build import build_mirror
 from mgdata.storage import S3Store, s3_client
+from offline_mirror.build import build_mirror
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
 from mgdata.settings import Settings
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.server import MirrorServer
 
 
 def main() -> None:

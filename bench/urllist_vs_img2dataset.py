@@ -40,9 +40,9 @@ from PIL import Image
 
 from bench.common import free_port, interleaved, loadavg, min_median, start_server
 from mgdata.fetch.urllist import FetchPolicy, ingest_urls
-from mgdata.mirror.media import PhotoPool, to_gif
-from mgdata.mirror.server import MirrorServer
 from mgdata.storage import LocalStore
+from offline_mirror.media import PhotoPool, to_gif
+from offline_mirror.server import MirrorServer
 
 I2D_VENV = Path("/tmp/i2d-venv")
 POOL = 400

@@ -9,8 +9,7 @@ a quarter of the slot time of a full run's ~1,150 instances (README, "Rehearsal"
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
-
-URL_PREFIX = "/mgdata-audit"
+from mgdata_audit_web import URL_PREFIX
 
 
 class MgdataAuditPlugin(AirflowPlugin):

@@ -14,14 +14,14 @@ export MGDATA_CATALOG="$demo/mirror/catalog.yaml"
 export MGDATA_RETRY_DELAY_SECONDS="${MGDATA_RETRY_DELAY_SECONDS:-2}"
 
 start=$(date +%s)
-"$py" -m mgdata.mirror build "$demo/mirror" --images "${MGDATA_DEMO_IMAGES:-200}"
+"$py" -m offline_mirror build "$demo/mirror" --images "${MGDATA_DEMO_IMAGES:-200}"
 # The mirror's address is part of what it serves (OCR-VQA's dataset.json lists cover URLs on it), so the demo asks for
 # the port of its last run (MGDATA_DEMO_PORT overrides); only when that port is taken does it take any free one.
 server=
 trap '[ -z "$server" ] || kill $server 2>/dev/null || true' EXIT
 start_mirror() {
   rm -f "$demo/mirror.ready"
-  "$py" -m mgdata.mirror serve "$demo/mirror" --port "$1" --catalog-out "$MGDATA_CATALOG" \
+  "$py" -m offline_mirror serve "$demo/mirror" --port "$1" --catalog-out "$MGDATA_CATALOG" \
     --ready-file "$demo/mirror.ready" >"$demo/mirror.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do

@@ -23,7 +23,8 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from mgdata_audit import URL_PREFIX
+
+from mgdata_audit_web import URL_PREFIX
 
 DAG_ID = "mgllava_data"
 RUNS_LISTED = 50

@@ -26,9 +26,9 @@ import pytest
 from deployment_env import BUCKET, STORAGE
 from processes import Deployment, MissingPrerequisite, Services
 
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
 from mgdata.storage import open_store, s3_client
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.server import MirrorServer
 
 pytestmark = pytest.mark.timeout(1200)
 DAG = "mgllava_data"

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mgdata.mirror.build import build_mirror, stand_in_routes, write_catalog
-from mgdata.mirror.server import MirrorServer
 from mgdata.storage import open_store, s3_client
+from offline_mirror.build import build_mirror, stand_in_routes, write_catalog
+from offline_mirror.server import MirrorServer
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

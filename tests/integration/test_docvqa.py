@@ -16,11 +16,11 @@ from mgdata.ingest import (
     ingest_source,
     plan_source,
 )
-from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import build_docvqa
 from mgdata.run import SourceSkipped
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
+from offline_mirror.server import MirrorServer
+from offline_mirror.web_replicas import build_docvqa
 
 PASSWORD = "rrc-p4ssw0rd-never-logged"
 CATALOG = str(SHIPPED_CATALOG)  # DocVQA as shipped: the inbox and the connection need no catalog change

@@ -17,9 +17,9 @@ from mgdata.fetch import fetch_mirrors, probe_mirror
 from mgdata.fetch.gdrive import DriveQuotaExceeded
 from mgdata.fetch.gdrive import fetch as gdrive_fetch
 from mgdata.fetch.http import FetchError
-from mgdata.mirror.drive import DriveStandIn
-from mgdata.mirror.server import MirrorServer
 from mgdata.storage import LocalStore
+from offline_mirror.drive import DriveStandIn
+from offline_mirror.server import MirrorServer
 
 SMALL_ID = "1f4v_3e1OJtyYqam1CEp6RenCNTU5_mG2"
 LARGE_ID = "1iKH2lTi1-QxtNUVRxTUWFvUvRHq6HAsZ"

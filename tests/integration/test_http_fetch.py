@@ -1,4 +1,4 @@
-"""mgdata.fetch.http against real HTTP on loopback (mgdata.mirror.server), into a LocalStore and into S3 (moto).
+"""mgdata.fetch.http against real HTTP on loopback (offline_mirror.server), into a LocalStore and into S3 (moto).
 
 Every file is random bytes generated here; the server misbehaves on cue through `Fault`s. Backoff is 0.05 s so the
 retries cost milliseconds.
@@ -21,8 +21,8 @@ import requests
 from store_checks import assert_nothing_published
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store, probe
-from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.storage import LocalStore, MiB, S3Store, s3_client
+from offline_mirror.server import Fault, MirrorServer
 
 NAME = "coco/train2017.zip"
 SIZE = 12 * MiB  # > 2 S3 parts of 5 MiB, so the S3 runs go through a real multipart upload

@@ -1,4 +1,4 @@
-"""The Hugging Face sources against the Hub stand-in on loopback (mgdata.mirror.hub): real HTTP, the routes
+"""The Hugging Face sources against the Hub stand-in on loopback (offline_mirror.hub): real HTTP, the routes
 huggingface_hub calls, and every ingest stage (plan → fetch → shard → extract → finalize) into a local store.
 
 The mirror is built once per module with a few images per source; each test gets its own store and, where it changes
@@ -23,11 +23,11 @@ from mgdata.fetch import FetchError
 from mgdata.fetch import huggingface as hf
 from mgdata.fetch.http import ChecksumMismatch
 from mgdata.ingest import Run, fetch_file, ingest_source, plan_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.hub import HUB_SOURCES, HubStandIn
-from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.hub import HUB_SOURCES, HubStandIn
+from offline_mirror.server import Fault, MirrorServer
 
 IMAGES = 10
 TOKEN = "hf_s3cr3tT0kenNeverLogged"

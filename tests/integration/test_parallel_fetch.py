@@ -16,8 +16,8 @@ from store_checks import assert_nothing_published
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store
 from mgdata.fetch.parallel import START_CONNECTIONS
-from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.storage import LocalStore, MiB, S3Store, s3_client
+from offline_mirror.server import Fault, MirrorServer
 
 NAME = "big/archive.zip"
 SIZE = 21 * MiB + 12345  # not a multiple of any part size: the last part is short

@@ -17,11 +17,11 @@ import yaml
 
 from mgdata import manifest
 from mgdata.ingest import Run, ingest_source, plan_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
-from mgdata.mirror.web_replicas import COVERS, routes
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.server import MirrorServer
+from offline_mirror.web_replicas import COVERS, routes
 
 SOURCE = "ai2d"
 

@@ -18,11 +18,11 @@ from PIL import Image
 from mgdata import manifest
 from mgdata.fetch.urllist import FetchPolicy, ingest_urls, read_url_list, url_shards
 from mgdata.ingest import Run, ingest_source
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import Fault, MirrorServer
-from mgdata.mirror.web_replicas import COVERS, WEB_JSON, cover_outcome, routes
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.server import Fault, MirrorServer
+from offline_mirror.web_replicas import COVERS, WEB_JSON, cover_outcome, routes
 
 FAST = FetchPolicy(workers=8, per_host=4, attempts=3, backoff=0.05, max_backoff=0.5, timeout=5)
 

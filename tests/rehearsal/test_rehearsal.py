@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mgdata.mirror.build import load_replicas
+from offline_mirror.build import load_replicas
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(3600)

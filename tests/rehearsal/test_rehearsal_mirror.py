@@ -11,9 +11,9 @@ import zipfile
 import pytest
 import yaml
 
-from mgdata.mirror import rehearsal
-from mgdata.mirror.build import load_replicas
-from mgdata.mirror.media import decoded_format
+from offline_mirror import rehearsal
+from offline_mirror.build import load_replicas
+from offline_mirror.media import decoded_format
 
 SCALE = 0.0005  # at least 8 files per archive; 1,050 files in all
 

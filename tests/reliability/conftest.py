@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.server import MirrorServer
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.server import MirrorServer
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mgdata.fetch.http import ChecksumMismatch, FetchError, fetch_to_store
-from mgdata.mirror.server import Fault, MirrorServer
 from mgdata.storage import LocalStore
+from offline_mirror.server import Fault, MirrorServer
 
 NAME = "src/file.bin"
 SIZE = 256 * 1024

@@ -1,4 +1,4 @@
-"""The Hub replicas (mgdata.mirror.hub): the real archive shapes, LLaVA-format JSONs, deterministic builds, and the
+"""The Hub replicas (offline_mirror.hub): the real archive shapes, LLaVA-format JSONs, deterministic builds, and the
 catalog pointing the Hub mirrors at the stand-in."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import zipfile
 import pytest
 
 from mgdata.catalog import SHIPPED_CATALOG, load_catalog
-from mgdata.mirror.build import build_mirror, write_catalog
-from mgdata.mirror.hub import HUB_SOURCES, HubStandIn
+from offline_mirror.build import build_mirror, write_catalog
+from offline_mirror.hub import HUB_SOURCES, HubStandIn
 
 IMAGES = 10
 

@@ -1,6 +1,9 @@
-"""The library's dependency order: no import cycle inside `include/mgdata`, no private name crossing modules.
+"""The library's dependency order: no import cycle inside `include/`, no private name crossing modules, and no
+pipeline module depending on the offline mirror.
 
-Every module of the package is parsed with `ast` (nothing is imported). An edge `a -> b` is any import of mgdata
+`include/` holds two packages: `mgdata`, the pipeline every task runs, and `offline_mirror`, the demo's and the
+tests' stand-in for the upstream servers (it imports `mgdata` to read the catalog; the reverse is forbidden, so no
+stage can come to rely on the stand-in). Every module of both packages is parsed with `ast` (nothing is imported). An edge `a -> b` is any import of mgdata
 module `b` written in `a`, at module level or inside a function: an import deferred into a function still makes `a`
 depend on `b`, so a cycle through a lazy import is a cycle in the design. A package's `__init__` is the module
 `mgdata.pkg`; importing `mgdata.pkg.mod` is an edge to `mgdata.pkg.mod` only (Python runs the parent first, which is
@@ -16,15 +19,16 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "include" / "mgdata"
+INCLUDE = Path(__file__).resolve().parents[2] / "include"
+PACKAGES = ("mgdata", "offline_mirror")
 
 
 def _module_name(path: Path) -> str:
-    parts = ["mgdata", *path.relative_to(PACKAGE).with_suffix("").parts]
+    parts = path.relative_to(INCLUDE).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {_module_name(p): p for package in PACKAGES for p in sorted((INCLUDE / package).rglob("*.py"))}
 
 
 def _is_private(name: str) -> bool:
@@ -55,14 +59,15 @@ def _imports(module: str):
                     if a.asname:
                         aliases[a.asname] = a.name
                     else:
-                        aliases.setdefault("mgdata", "mgdata")
+                        top = a.name.split(".")[0]
+                        aliases.setdefault(top, top)
         elif isinstance(node, ast.ImportFrom):
             source = _resolve(module, node)
             if source not in MODULES:
                 continue
             for a in node.names:
                 submodule = f"{source}.{a.name}"
-                if submodule in MODULES:  # from mgdata.mirror import hub
+                if submodule in MODULES:  # from offline_mirror import hub
                     edges.add(submodule)
                     aliases[a.asname or a.name] = submodule
                     continue
@@ -142,10 +147,25 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_module_is_parsed():
-    assert {"mgdata.ingest", "mgdata.run", "mgdata.fetch.transfer", "mgdata.mirror.media"} <= set(MODULES)
+    assert {"mgdata.ingest", "mgdata.run", "mgdata.fetch.transfer", "offline_mirror.media"} <= set(MODULES)
 
 
-def test_no_import_cycle_inside_mgdata():
+def test_no_pipeline_module_imports_the_offline_mirror():
+    """The stand-in for the upstream world is imported by tests, the demo and benchmarks, never by a stage."""
+    found = sorted(
+        f"{m} -> {d}"
+        for m, deps in GRAPH.items()
+        if m.startswith("mgdata")
+        for d in deps
+        if d.startswith("offline_mirror")
+    )
+    assert not found, "pipeline modules importing the offline mirror: " + "; ".join(found)
+    assert any(
+        d.startswith("mgdata") for m, deps in GRAPH.items() if m.startswith("offline_mirror") for d in deps
+    )
+
+
+def test_no_import_cycle_inside_include():
     cycles = [" -> ".join(c) for c in _cycles(GRAPH)]
     assert not cycles, "import cycles: " + "; ".join(cycles)
 

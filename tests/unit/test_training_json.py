@@ -1,4 +1,4 @@
-"""The sample mirror's training JSONs (mgdata.mirror.training_json): the real files' shapes, every layout prefix of the
+"""The sample mirror's training JSONs (offline_mirror.training_json): the real files' shapes, every layout prefix of the
 real instruct JSON cited, and a verdict that is the truth about the mirror (DocVQA skipped: not ready, and why)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 
 from mgdata.annotations import Check
 from mgdata.catalog import SHIPPED_CATALOG, load_catalog
-from mgdata.mirror.build import build_mirror
-from mgdata.mirror.training_json import INSTRUCT_JSON, INSTRUCT_PREFIXES, PRETRAIN_JSON, box_json_name
+from offline_mirror.build import build_mirror
+from offline_mirror.training_json import INSTRUCT_JSON, INSTRUCT_PREFIXES, PRETRAIN_JSON, box_json_name
 
 IMAGES = 8
 

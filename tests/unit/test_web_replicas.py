@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mgdata.catalog import load_catalog
-from mgdata.mirror.build import WEB_SOURCES, build_mirror, write_catalog
-from mgdata.mirror.web_replicas import WEB_JSON, WIKIART_ESCAPED, build_docvqa, cover_outcome
+from offline_mirror.build import WEB_SOURCES, build_mirror, write_catalog
+from offline_mirror.web_replicas import WEB_JSON, WIKIART_ESCAPED, build_docvqa, cover_outcome
 
 BASE = "http://127.0.0.1:8765"
 

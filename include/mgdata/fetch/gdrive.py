@@ -15,7 +15,7 @@ the store through `mgdata.fetch.http.fetch_to_store` on the same session (cookie
 checksums checked before publishing. No local disk is used, whatever the file's size.
 
 Settings: `MGDATA_GDRIVE_URL` (Drive's base URL, default https://drive.google.com; tests and the demo point it at the
-stand-in in `mgdata.mirror.drive`), `MGDATA_GDRIVE_COOKIES` (a Netscape cookies file of a signed-in Google account,
+stand-in in `offline_mirror.drive`), `MGDATA_GDRIVE_COOKIES` (a Netscape cookies file of a signed-in Google account,
 e.g. the one `gdown --cookies-from-browser chrome` writes to ~/.cache/gdown/cookies.txt; it lifts most quota
 lockouts). The cookies never appear in logs or errors.
 """

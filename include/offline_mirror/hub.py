@@ -38,7 +38,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from mgdata.mirror.media import (
+from offline_mirror.media import (
     Member,
     PhotoPool,
     ReplicaFile,
@@ -50,8 +50,8 @@ from mgdata.mirror.media import (
     write_text_atomic,
     write_zip,
 )
-from mgdata.mirror.server import Fault
-from mgdata.mirror.training_json import box_entry, caption_conversation
+from offline_mirror.server import Fault
+from offline_mirror.training_json import box_entry, caption_conversation
 
 HUB_JSON = "hub.json"
 BLOBS = "hub/lfs"
@@ -370,7 +370,7 @@ def build_hub_replicas(
         write_zip(path, ReplicaSpec(source, name, "", None, date, zipfile.ZIP_STORED), members)
         return path
 
-    rng_for = lambda source: random.Random(f"mgdata.mirror.hub:{seed}:{source}")  # noqa: E731
+    rng_for = lambda source: random.Random(f"offline_mirror.hub:{seed}:{source}")  # noqa: E731
 
     if "llava_pretrain" in sources:
         rng = rng_for("llava_pretrain")
@@ -443,7 +443,7 @@ def build_hub_replicas(
 
     if "mgllava_annotations" in sources:
         rng = rng_for("mgllava_annotations")
-        from mgdata.mirror.training_json import build_training_jsons, docvqa_stand_in, valid_image_paths
+        from offline_mirror.training_json import build_training_jsons, docvqa_stand_in, valid_image_paths
 
         paths = valid_image_paths(root, others, catalog)
         paths["docvqa/images"] = docvqa_stand_in(

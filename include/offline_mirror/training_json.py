@@ -60,7 +60,7 @@ def _prefix(path: str) -> str:
 
 def valid_image_paths(root: Path, replicas: list, catalog) -> dict[str, list[str]]:
     """The data/ paths each replica delivers as usable images, by layout prefix (`vg/VG_100K_2`)."""
-    from mgdata.mirror.web_replicas import WEB_JSON, cover_outcome
+    from offline_mirror.web_replicas import WEB_JSON, cover_outcome
 
     out: dict[str, list[str]] = {}
     for r in replicas:
@@ -137,7 +137,7 @@ def docvqa_stand_in(root: Path, catalog, *, images: int, seed: int) -> tuple[str
     """DocVQA registers its users, so no mirror serves it: build the archive a registered user downloads (at its URL
     path under `root`, never in the mirror's catalog) for the demo's inbox step. Returns (its path under `root`, the
     data/ paths of its documents, which the instruct JSON cites)."""
-    from mgdata.mirror.web_replicas import build_docvqa
+    from offline_mirror.web_replicas import build_docvqa
 
     replica = build_docvqa(root, images=images, seed=seed)
     return replica.relpath, valid_image_paths(root, [replica], catalog).get(DOCVQA_IMAGES, [])

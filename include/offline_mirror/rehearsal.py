@@ -1,6 +1,6 @@
 """The rehearsal mirror: every source at its real file count and archive shape, with tiny images.
 
-`python -m mgdata.mirror build ROOT --scale full` (or `0.1`, `0.01`, any fraction) writes the whole corpus's shape,
+`python -m offline_mirror build ROOT --scale full` (or `0.1`, `0.01`, any fraction) writes the whole corpus's shape,
 about 2.07M files at full scale, in a few GB: COCO 118,287; GQA 148,854; TextVQA 25,119; VG 64,346 + 43,903; AI2D
 4,903; LLaVA-Pretrain 558,128 (no root folder); ALLaVA-LAION 505,588 over 10 chunks; Vision-FLAN 181,393; the four
 ShareGPT4V zips (`data/<name>/images/`, about 500 each); DVQA's 200,000 train charts in one tar.gz; DocVQA's 10,194
@@ -42,8 +42,8 @@ from pathlib import Path
 import yaml
 
 from mgdata.catalog import SHIPPED_CATALOG, parse_catalog
-from mgdata.mirror import hub, training_json, web_replicas
-from mgdata.mirror.media import (
+from offline_mirror import hub, training_json, web_replicas
+from offline_mirror.media import (
     HTML_PAGE,
     Member,
     PhotoPool,
@@ -251,7 +251,7 @@ def _members(
     a: Archive, scale: float, seed: int
 ) -> tuple[Iterator[Member], list[str], list[str], list[str], int]:
     """The members in archive order (a generator: nothing held), the broken and normalized names, the usable names."""
-    rng = random.Random(f"mgdata.mirror.rehearsal:{seed}:{a.source}:{a.file}")
+    rng = random.Random(f"offline_mirror.rehearsal:{seed}:{a.source}:{a.file}")
     n = scaled(a.count, scale)
     mean = max(200, round(a.real_bytes / a.count / BYTES_DIVISOR))
     fmt = "jpeg" if a.fmt == "vflan" else a.fmt
@@ -307,7 +307,7 @@ def _write_tar_gz(path: Path, members: Iterator[Member], stamp: tuple) -> None:
 
 def _relpath(a: Archive, raw: dict) -> str:
     if a.serve == "http":
-        from mgdata.mirror.build import relpath_for_url
+        from offline_mirror.build import relpath_for_url
 
         (entry,) = [f for f in raw["sources"][a.source]["files"] if f["name"] == a.file]
         first = entry["mirrors"][0]
@@ -366,7 +366,7 @@ def _with_docvqa_json(members: Iterator[Member], usable: list[str]) -> Iterator[
 def _build_covers(root: Path, a: Archive, scale: float, seed: int) -> tuple[dict, list[str]]:
     """OCR-VQA's covers as files on the cover host (with every behaviour sprinkled in), and the mirror zip of the
     ones that answer; returns (web_replicas' covers spec, the usable ids)."""
-    rng = random.Random(f"mgdata.mirror.rehearsal:{seed}:ocr_vqa")
+    rng = random.Random(f"offline_mirror.rehearsal:{seed}:ocr_vqa")
     n = scaled(a.count, scale)
     pictures = TinyImages(rng, "jpeg", round(a.real_bytes / a.count / BYTES_DIVISOR))
     ids = [str(i) for i in rng.sample(range(10**8, 2 * 10**9), n)]
@@ -441,7 +441,7 @@ def build_rehearsal(
     shipped: Path = SHIPPED_CATALOG,
 ) -> list[ReplicaFile]:
     """Write the rehearsal mirror under `root`; return the replica records (also in `root/replicas.json`)."""
-    from mgdata.mirror.build import REPLICAS_JSON, load_raw_catalog
+    from offline_mirror.build import REPLICAS_JSON, load_raw_catalog
 
     began = time.perf_counter()
     root = Path(root)
@@ -515,7 +515,7 @@ def _commit_hub(root: Path, catalog, built: list[ReplicaFile], paths: dict[str, 
 
     for r in built:
         stage(r, Path(root) / r.relpath)
-    rng = random.Random(f"mgdata.mirror.rehearsal:{seed}:json")
+    rng = random.Random(f"offline_mirror.rehearsal:{seed}:json")
     pretrain_paths = paths.get("LLaVA-Pretrain/images", [])
     meta = [{"id": p.rsplit("/", 1)[1][:-4], "image": p.split("/", 2)[2],
              "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a"}]}
@@ -625,7 +625,7 @@ def load_record(root: Path) -> dict:
 
 def write_catalog(root: Path, base_url: str, replicas: list[ReplicaFile], *, out: Path | None = None) -> Path:
     """The mirror catalog (`build.write_catalog`) with the rehearsal's `shard_bytes` and DocVQA's expected count."""
-    from mgdata.mirror.build import write_catalog as write_mirror_catalog
+    from offline_mirror.build import write_catalog as write_mirror_catalog
 
     record = load_record(root)
     path = write_mirror_catalog(root, base_url, replicas, shard_bytes=record["shard_bytes"], out=out)

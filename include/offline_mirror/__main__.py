@@ -1,8 +1,8 @@
 """Command line for the offline mirror.
 
-    python -m mgdata.mirror build ROOT [--images N] [--sources a,b] [--seed S]
-    python -m mgdata.mirror build ROOT --scale full|0.1|0.01|F [--instances F] [--seed S]   (the rehearsal mirror)
-    python -m mgdata.mirror serve ROOT [--host H] [--port P] [--catalog-out PATH] [--pidfile PATH] [--ready-file PATH]
+    python -m offline_mirror build ROOT [--images N] [--sources a,b] [--seed S]
+    python -m offline_mirror build ROOT --scale full|0.1|0.01|F [--instances F] [--seed S]   (the rehearsal mirror)
+    python -m offline_mirror serve ROOT [--host H] [--port P] [--catalog-out PATH] [--pidfile PATH] [--ready-file PATH]
 
 ``serve`` builds the mirror first when ROOT has no replicas.json, starts the server, writes the catalog for the
 server's real base URL (``--port 0`` picks a free port), then writes the ready file (the base URL) and blocks until
@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from mgdata.mirror import rehearsal
-from mgdata.mirror.build import (
+from offline_mirror import rehearsal
+from offline_mirror.build import (
     REPLICAS_JSON,
     REPLICATED_SOURCES,
     ReplicaFile,
@@ -30,7 +30,7 @@ from mgdata.mirror.build import (
     stand_in_routes,
     write_catalog,
 )
-from mgdata.mirror.media import write_text_atomic
+from offline_mirror.media import write_text_atomic
 
 
 def _sources(value: str) -> list[str]:
@@ -101,7 +101,7 @@ def _build(args: argparse.Namespace) -> list[ReplicaFile]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mgdata.mirror.server import MirrorServer
+    from offline_mirror.server import MirrorServer
 
     root: Path = args.root
     if (root / REPLICAS_JSON).is_file():
@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mgdata.mirror", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m offline_mirror", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def build_options(p: argparse.ArgumentParser) -> None:

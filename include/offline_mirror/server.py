@@ -11,7 +11,7 @@ Faults make it misbehave on purpose, one fault consumed per matching request, in
         srv.add_faults("coco/train2017.zip", Fault(status=503), Fault(drop_after=1_000_000))
         ...  # first GET answers 503, the second drops the connection after 1 MB, the third is served normally
 
-Standard library only, so the demo needs nothing beyond Python. `python -m mgdata.mirror.server ROOT` serves a folder.
+Standard library only, so the demo needs nothing beyond Python. `python -m offline_mirror.server ROOT` serves a folder.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def serve(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m mgdata.mirror.server", description="Serve a folder over HTTP."
+        prog="python -m offline_mirror.server", description="Serve a folder over HTTP."
     )
     p.add_argument("root", type=Path)
     p.add_argument("--host", default="127.0.0.1")

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mgdata.mirror.drive import DriveStandIn
-from mgdata.mirror.media import (
+from offline_mirror.drive import DriveStandIn
+from offline_mirror.media import (
     HTML_PAGE,
     Member,
     PhotoPool,
@@ -102,7 +102,7 @@ def cover_outcome(behaviour: str | None) -> str:
 
 
 def _rng(seed: int, name: str) -> random.Random:
-    return random.Random(f"mgdata.mirror.web:{seed}:{name}")
+    return random.Random(f"offline_mirror.web:{seed}:{name}")
 
 
 def _shipped_mirrors(raw: dict, source: str, name: str) -> list:
