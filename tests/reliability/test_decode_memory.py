@@ -1,4 +1,4 @@
-"""Decoding memory is bounded per extract task (issue 13, item 7): nine 9400x9400 PNGs in a 2.5 MB zip, 4 threads.
+"""Decoding memory is bounded per extract task: nine 9400x9400 PNGs in a 2.5 MB zip, 4 threads.
 Unbounded, each thread decoded one at once (4 x 353 MB, 1.4 GB peak); now the pixels being decoded are capped at
 the per-image limit, so the task stays near one such image plus its baseline, well inside a 1 GiB pod."""
 

@@ -1,4 +1,4 @@
-"""Every odd member is one truthful row, and the rest of its archive is ingested (issue 13, items 2-6): names a
+"""Every odd member is one truthful row, and the rest of its archive is ingested: names a
 filesystem cannot hold, non-UTF-8 tar names, duplicate names in a tar, members named `..` or nothing. After each
 run the store's invariant holds (`mgdata.check`, the same checker `python -m mgdata check` runs)."""
 

@@ -1,4 +1,4 @@
-"""Each stage that changes what is published is a transaction a retry completes (issue 13, item 1 and the layout).
+"""Each stage that changes what is published is a transaction a retry completes.
 
 A shrinking refresh (some paths removed, one changed, one usable image gone bad, one bad image made good) is
 finalized with a failure injected before each store operation of `finalize`, in turn; then finalize runs again and
