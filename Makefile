@@ -1,6 +1,7 @@
 # The few commands people type. Everything installs into .venv from requirements*.txt + constraints.txt (our lock;
 # Airflow's own constraints URL is not reachable from CI).
 SHELL := /bin/bash
+export NO_MKDOCS_2_WARNING := 1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ UV := $(VENV)/bin/uv
 SOURCES ?=
 SCALE ?= 0.01
 
-.PHONY: venv browser test demo real ui ui-demo lint format lock bench rehearsal clean
+.PHONY: venv browser test docs screenshots demo real ui ui-demo lint format lock bench rehearsal clean
 
 venv: $(VENV)/.installed
 
@@ -28,9 +29,19 @@ browser:
 
 ## make test: set everything up and run the whole suite (what CI runs)
 test: venv browser
-	$(VENV)/bin/ruff check dags include plugins tests bench
-	$(VENV)/bin/ruff format --check dags include plugins tests bench
+	$(VENV)/bin/ruff check dags include plugins tests bench scripts
+	$(VENV)/bin/ruff format --check dags include plugins tests bench scripts
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## make docs: regenerate the reference pages from the code, then build the site into build/site (strict)
+docs: venv
+	$(PY) scripts/docs_reference.py
+	$(VENV)/bin/mkdocs build --strict
+
+## make screenshots: the browser test, writing the audit page's pictures for the docs into docs/assets/
+screenshots: venv browser
+	MGDATA_DOCS_SCREENSHOTS=$(CURDIR)/docs/assets $(PY) -m pytest -q -p no:cacheprovider tests/browser/test_audit_page.py::test_audit_page_in_chromium
 
 ## make demo: generate and serve the offline sample mirror, run the whole DAG on SQLite + a local-folder store
 demo: venv

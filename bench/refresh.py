@@ -11,7 +11,7 @@ run: OCR-VQA's dead cover URLs are asked again on purpose (a refresh retries wha
 so no image byte comes back), nothing else is.
 
 Airflow is not in these figures: under `airflow dags test` every one of the ~100 task instances costs about half a
-second of its own whatever it does, which the README's performance section reports beside them.
+second of its own whatever it does, which the docs' performance page reports beside them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The app itself is `mgdata_audit_web/app.py`. This file stays cheap to import on purpose: Airflow loads every plugin in
 every task process (to find listeners), and importing FastAPI there cost ~0.7 s of start-up per task instance, about
-a quarter of the slot time of a full run's ~1,150 instances (README, "Rehearsal"). The api-server reads
+a quarter of the slot time of a full run's ~1,150 instances (docs/performance.md). The api-server reads
 `fastapi_apps` from the plugin instance, which is when the app is imported.
 """
 

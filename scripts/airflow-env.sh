@@ -11,7 +11,7 @@ export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$root/dags}"
 export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$root/plugins}"
 export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
 # Unpaused, so a run triggered from the UI starts at once. Nothing starts by itself: the DAG has no schedule unless
-# MGDATA_SCHEDULE is set (see the README, "Settings").
+# MGDATA_SCHEDULE is set (see docs/operating.md, "Refreshes and the schedule").
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-False}"
 if [ $# -eq 0 ]; then
   env | grep -E '^(AIRFLOW_HOME|AIRFLOW__|MGDATA_)' | sort

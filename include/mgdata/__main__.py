@@ -32,8 +32,11 @@ from mgdata.storage import StoreError
 FAST_NOTE = "existence only (--fast): images were not opened; run without --fast for the trainer's verdict"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgdata", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mgdata",
+        description="Check a data/ folder against the trainer's reading contract (verify), or a store's invariant (check).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check a training JSON against MG-LLaVA's reading contract")
     verify.add_argument(
@@ -158,7 +161,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return check(args) if args.command == "check" else verify(args)
     except (OSError, AnnotationError, CatalogError, StoreError) as e:

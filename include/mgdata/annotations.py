@@ -1,4 +1,4 @@
-"""The ready-to-train check: MG-LLaVA's own reading contract, rule by rule (README "What ready means").
+"""The ready-to-train check: MG-LLaVA's own reading contract, rule by rule (docs/ready-to-train.md).
 
 MG-LLaVA's trainer (`MGLLaVADataset` over xtuner's `LLaVADataset`, `llava_map_fn`, `process_hf_dataset`) reads a
 training JSON with `json.load`, builds a Hugging Face `Dataset` from it, maps and filters the conversations, and only

@@ -2,7 +2,7 @@
 
 Each extract shard writes a small part (`manifests/parts/<source>/<file>/<shard>.parquet`); finalize merges a source's
 parts into `manifests/<source>.parquet` (the latest state of that source), and the diff between the old and the new
-merged manifest is what a run changed. Columns are a contract (DESIGN §4); keep them in step with the README.
+merged manifest is what a run changed. Columns are a contract (DESIGN §4); `COLUMNS` says what each means (the docs' manifest reference is made from it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mgdata.storage import Store
 
 # jemalloc, returning freed pages at once: finalize's merge and diff of a 1.3M-row manifest peak several hundred MB
 # above what they keep, and mimalloc (pyarrow's default here) holds on to that high-water mark for the rest of the
-# task. Measured with bench/bookkeeping.py (README, Performance).
+# task. Measured with bench/bookkeeping.py (docs/performance.md).
 try:
     pa.set_memory_pool(pa.jemalloc_memory_pool())
     pa.jemalloc_set_decay_ms(0)
@@ -28,22 +28,71 @@ except (
 ):  # a pyarrow built without jemalloc keeps its default
     pass
 
+# One row per image the source's archives or URL list hold; what each column means (the docs' manifest reference and
+# its JSON Schema are generated from this and SCHEMA).
+COLUMNS: dict[str, str] = {
+    "path": "the image's path relative to `data/`, as the trainer's JSON names it",
+    "bytes": "size of the stored bytes (null when nothing was stored: a dead URL)",
+    "sha256": "sha256 of the stored bytes (null when nothing was stored)",
+    "format": "Pillow's name for the format of the original bytes (null when they were not an image)",
+    "width": "width in pixels of frame 0 (null when the image did not open)",
+    "height": "height in pixels of frame 0 (null when the image did not open)",
+    "status": "`ok` (stored as it came), `normalized` (re-encoded to what its name promises), "
+    "`invalid` (quarantined, reason in `error`) or `missing` (never delivered)",
+    "error": "why the image is invalid or missing; for `normalized` (and large `ok` images) a note; else null",
+    "origin": "where the bytes came from: `raw/<source>/<file>!<member>` or the URL (without userinfo or query)",
+    "run_id": "the Airflow run that produced the row",
+}
 SCHEMA = pa.schema(
     [
-        ("path", pa.string()),  # relative to data/
+        ("path", pa.string()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("format", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("status", pa.string()),  # ok | normalized | invalid | missing
+        ("status", pa.string()),
         ("error", pa.string()),
-        ("origin", pa.string()),  # archive member (raw/<source>/<file>!<member>) or URL
+        ("origin", pa.string()),
         ("run_id", pa.string()),
     ]
 )
 STATUSES = ("ok", "normalized", "invalid", "missing")
 USABLE = ("ok", "normalized")
+_JSON_TYPES = {pa.string(): "string", pa.int64(): "integer", pa.int32(): "integer"}
+_REQUIRED = (
+    "path",
+    "status",
+    "origin",
+    "run_id",
+)  # every row has these; the rest is null where the meaning says
+
+
+def row_schema() -> dict:
+    """The JSON Schema of one manifest row (Parquet row as a dict), from SCHEMA and COLUMNS."""
+    properties = {}
+    for field in SCHEMA:
+        kind = _JSON_TYPES[field.type]
+        prop = {
+            "type": kind if field.name in _REQUIRED else [kind, "null"],
+            "description": COLUMNS[field.name],
+        }
+        if field.name == "status":
+            prop["enum"] = list(STATUSES)
+        if kind == "integer":
+            prop["minimum"] = 0
+        properties[field.name] = prop
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "manifest.schema.json",
+        "title": "manifest row",
+        "description": "A source's manifest, `manifests/<source>.parquet`, holds one row per image its archives or "
+        "URL list hold, whatever became of it.",
+        "type": "object",
+        "properties": properties,
+        "required": list(SCHEMA.names),
+        "additionalProperties": False,
+    }
 
 
 def source_key(source: str) -> str:

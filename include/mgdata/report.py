@@ -1,6 +1,6 @@
 """Assemble a run: gather every selected source's outcome, merge manifests, materialise data/, write the report.
 
-`runs/<run_id>/report.json` (schema in the README, "Run report") and `runs/<run_id>/report.html` for people.
+`runs/<run_id>/report.json` (its JSON Schema: `schemas/report.schema.json`) and `runs/<run_id>/report.html` for people.
 A source's outcome comes from the store, not from Airflow: its summary if finalize succeeded, else the failures its
 tasks recorded, else "did not finish". That is why the report covers every source whatever the others did.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -16,6 +17,9 @@ from mgdata import manifest
 from mgdata.run import Run, no_ingest_summary, now, put_json, read_json
 
 QUARANTINE_LISTED = 500
+# The JSON Schema of report.json: the contract for machines reading it (the docs' report reference is made from it;
+# a test validates a real run's report against it, and no object in it admits a key the schema does not name).
+REPORT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "report.schema.json"
 
 
 def source_outcome(run: Run, source: str) -> dict:

@@ -1,22 +1,8 @@
-"""Run settings: every `MGDATA_` environment variable in one place, with defaults.
+"""Run settings: every environment variable the pipeline reads, in one table (`VARIABLES`), with its default.
 
-| variable            | meaning                                                              | default                          |
-|---------------------|----------------------------------------------------------------------|----------------------------------|
-| `MGDATA_STORAGE`    | the object store: `file:///abs/path` or `s3://bucket/prefix`         | `file://$AIRFLOW_HOME/mgdata-store` |
-| `MGDATA_S3_CONN_ID` | Airflow AWS connection for S3 (`endpoint_url` in its extra for MinIO) | unset: boto3's default chain     |
-| `MGDATA_CATALOG`    | the catalog file                                                     | the shipped `include/catalog.yaml` |
-| `MGDATA_LAYOUT_DIR` | where a local `data/` tree is materialised                           | unset: no local tree             |
-| `MGDATA_OCR_VQA_IMAGES` | OCR-VQA's images from `urls` (dataset.json's Amazon URLs) or the `mirror` zip | `urls`            |
-| `MGDATA_GDRIVE_URL` | Google Drive's base URL (tests and the demo point it at a stand-in)  | `https://drive.google.com`       |
-| `MGDATA_GDRIVE_COOKIES` | a Netscape cookies file of a signed-in Google account (Drive quota) | unset: no cookies             |
-| `MGDATA_EXTRACT_THREADS` | threads per extract task (read by `mgdata.extract`)                   | twice the cores                  |
-| `MGDATA_FETCH_CONNECTIONS` | most ranged GETs per big file (1: one stream; read by `mgdata.fetch.http`) | 32 (starts at 8) |
-| `MGDATA_FETCH_PART_MIB` | MiB per ranged GET                                                     | the store's multipart part size |
-| `MGDATA_FETCH_PARALLEL_MIN_MIB` | files from this size on are fetched in parallel                | 64                               |
-| `MGDATA_HF_CONN_ID` | Airflow connection whose password is the Hugging Face token          | unset: `HF_TOKEN`, else anonymous |
-| `HF_ENDPOINT`       | the Hugging Face Hub endpoint (a mirror's `endpoint` overrides it)   | `https://huggingface.co`         |
-
-The DAG's params `storage`, `s3_conn_id`, `catalog`, `layout_dir` and `ocr_vqa_images` override these per run.
+`VARIABLES` is what the docs' settings reference is generated from, and a test checks it against every variable the
+code reads, so the table cannot drift. The DAG's params `storage`, `s3_conn_id`, `catalog`, `layout_dir` and
+`ocr_vqa_images` override the matching variable for one run.
 """
 
 from __future__ import annotations
@@ -27,6 +13,117 @@ from pathlib import Path
 
 from mgdata.catalog import SHIPPED_CATALOG, Catalog, load_catalog
 from mgdata.storage import Store, open_store, s3_client
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: what it sets, its default, and the part of the system that reads it."""
+
+    name: str
+    meaning: str
+    default: str
+    read_by: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "MGDATA_STORAGE",
+        "the object store: `file:///abs/path` or `s3://bucket/prefix`",
+        "`file://$AIRFLOW_HOME/mgdata-store`",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_S3_CONN_ID",
+        "Airflow AWS connection for S3; `endpoint_url` in its extra for MinIO",
+        "unset: boto3's default chain",
+        "settings",
+    ),
+    Variable(
+        "AWS_ENDPOINT_URL_S3",
+        "the S3 endpoint when no connection is named (boto3's own variable)",
+        "unset: AWS",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_CATALOG",
+        "the catalog file (tests and the demo swap the whole file)",
+        "the shipped `include/catalog.yaml`",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_LAYOUT_DIR",
+        "where the trainer's `data/` tree is materialised after each run",
+        "unset: no local tree",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_OCR_VQA_IMAGES",
+        "OCR-VQA's images from `urls` (dataset.json's Amazon URLs) or the `mirror` zip",
+        "`urls`",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_SCHEDULE",
+        "the refresh schedule (`@weekly`, a cron expression), read when the DAG is parsed",
+        "unset: runs start only when triggered",
+        "dag",
+    ),
+    Variable(
+        "MGDATA_RETRY_DELAY_SECONDS", "first retry delay of every task (doubles per try)", "`30`", "dag"
+    ),
+    Variable(
+        "MGDATA_EXTRACT_THREADS",
+        "threads per extract task (inflate, hash, decode, store writes); 2 when a worker runs one extract per core",
+        "twice the cores",
+        "extract",
+    ),
+    Variable(
+        "MGDATA_DECODE_MPIXELS",
+        "million pixels decoded at once per extract task (the decode memory budget)",
+        "the per-image limit, 89.5",
+        "extract",
+    ),
+    Variable(
+        "MGDATA_FETCH_CONNECTIONS",
+        "most ranged GETs at once per big file (starts at 8, doubles while throughput grows); 1: one stream",
+        "`32`",
+        "fetch.http",
+    ),
+    Variable("MGDATA_FETCH_PART_MIB", "MiB per ranged GET", "the store's multipart part size", "fetch.http"),
+    Variable(
+        "MGDATA_FETCH_PARALLEL_MIN_MIB",
+        "files of at least this size are fetched in parallel when the mirror honours ranges",
+        "`64`",
+        "fetch.http",
+    ),
+    Variable(
+        "MGDATA_HF_CONN_ID",
+        "Airflow connection whose password is the Hugging Face token",
+        "unset: `HF_TOKEN`, else anonymous",
+        "settings",
+    ),
+    Variable(
+        "HF_TOKEN", "the Hugging Face token when no connection is named", "unset: anonymous", "settings"
+    ),
+    Variable(
+        "HF_ENDPOINT",
+        "the Hugging Face Hub endpoint (a mirror's `endpoint` in the catalog overrides it)",
+        "`https://huggingface.co`",
+        "fetch.huggingface",
+    ),
+    Variable(
+        "MGDATA_GDRIVE_URL",
+        "Google Drive's base URL (tests and the demo point it at a stand-in)",
+        "`https://drive.google.com`",
+        "fetch.gdrive",
+    ),
+    Variable(
+        "MGDATA_GDRIVE_COOKIES",
+        "a Netscape cookies file of a signed-in Google account; lifts most quota lockouts; never logged",
+        "unset: no cookies",
+        "fetch.gdrive",
+    ),
+)
 
 
 def env_int(variable: str, default: int, *, minimum: int = 1) -> int:

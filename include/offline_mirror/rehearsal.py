@@ -12,7 +12,7 @@ Every count is multiplied by the scale. Images are a few hundred bytes to a few 
 per source, each member one of them with a comment segment (JPEG) or private chunk (PNG) that carries the member's
 number and padding, so every member hashes differently and each source's bytes are its real compressed size divided
 by `BYTES_DIVISOR`. The catalog written at serve time sets `shard_bytes` to 256 MiB scaled the same way, so each source
-is cut into the real run's number of extract instances (README "Scaling"); `instances` < 1 cuts fewer, bigger shards
+is cut into the real run's number of extract instances (docs/cluster.md); `instances` < 1 cuts fewer, bigger shards
 (the test's 1% run). A sprinkling of members is broken (cut in half, empty, an HTML page) and a few are GIFs under a
 `.jpg` name (normalized). The same seed and scale give byte-identical files.
 
@@ -73,7 +73,7 @@ class Archive:
     source: str
     file: str  # the catalog's file name
     count: int  # image members at full scale (broken ones included)
-    real_bytes: float  # the real compressed size (README "Scaling", shared/reference/sources.md)
+    real_bytes: float  # the real compressed size (docs/cluster.md, shared/reference/sources.md)
     fmt: str  # "jpeg", "png", "chart" (small palette PNG), "document" (greyscale PNG), "vflan" (JPEG + PNG)
     serve: str  # "http", "hub", "drive", "covers", "inbox"
     chunk: int = 0  # ALLaVA's chunk number
@@ -640,7 +640,7 @@ def write_catalog(root: Path, base_url: str, replicas: list[ReplicaFile], *, out
 
 
 def real_instances(scale: float, instances: float = 1.0) -> dict[str, int]:
-    """Extract instances each source should yield with this mirror (the README's table at full scale)."""
+    """Extract instances each source should yield with this mirror (the table of docs/cluster.md at full scale)."""
     size = shard_bytes(scale, instances)
     out: dict[str, int] = {}
     for a in ARCHIVES:

@@ -2,11 +2,14 @@
 served over loopback, signed in with the UI's `_token` cookie. Checks the run list, a chart and a quarantined file;
 that the charts' legends are whole and their run axis follows finish time; that dead URLs (`images_missing`) show;
 and that the ready-to-train verdict says what it covers (a failed run never wears the green "ready" badge). Leaves
-one screenshot per page in the test's temporary folder (the path is printed).
+one screenshot per page in the test's temporary folder (the path is printed); with `MGDATA_DOCS_SCREENSHOTS=DIR`
+(`make screenshots`) the run list and a run's page are also written there, which is where the docs' pictures of the
+audit page come from.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -115,6 +118,10 @@ def test_audit_page_in_chromium(server, browser, tmp_path):
     assert "sam/images" in browser.find_element(By.ID, "prefixes").text
     browser.save_screenshot(str(tmp_path / "audit-run.png"))
     print(f"screenshots: {tmp_path}/audit-runs.png, {tmp_path}/audit-run.png")
+    docs = os.environ.get("MGDATA_DOCS_SCREENSHOTS")
+    if docs:
+        for name in ("audit-runs.png", "audit-run.png"):
+            shutil.copyfile(tmp_path / name, Path(docs) / name)
 
 
 @pytest.fixture

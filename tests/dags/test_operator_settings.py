@@ -1,7 +1,7 @@
 """What a new operator gets by default: no run starts unless asked, and one Airflow home for the UI and the demo.
 
 The schedule is read at parse time from `MGDATA_SCHEDULE`: unset means manual runs only, so unpausing the DAG (the
-local `make ui` creates it unpaused; compose's README unpauses it) never starts a 250 GB run by itself.
+local `make ui` creates it unpaused; the deployment docs unpause it) never starts a 250 GB run by itself.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def deployment(tmp_path, mirror, s3):
     try:
         services.check()
     except MissingPrerequisite as e:
-        pytest.fail(f"the deployment test's prerequisites (README, Development): {e}", pytrace=False)
+        pytest.fail(f"the deployment test's prerequisites (docs/development.md): {e}", pytrace=False)
     d = Deployment(
         tmp_path,
         catalog=mirror.catalog,
@@ -252,7 +252,7 @@ def read_report(store, run_id: str) -> dict:
 
 
 def print_figures(d: Deployment, runs: dict[str, str], ran_on: dict[str, int], wall: float) -> None:
-    """Per-task durations from the REST API (the README's scaling figures come from this output; run with -s)."""
+    """Per-task durations from the REST API (the cluster page's per-task figures come from this output; run with -s)."""
     print(
         f"\ndeployment test: {wall:.0f} s from DAG parsed to the recovered run; tasks per worker {dict(ran_on)}"
     )

@@ -370,7 +370,7 @@ def test_images_are_pinned_to_release_tags():
 
 
 def test_no_schedule_unless_the_operator_sets_one():
-    """Unpausing the DAG (the README does) must not start a full 250 GB run: MGDATA_SCHEDULE defaults to empty."""
+    """Unpausing the DAG (the deployment docs do) must not start a full 250 GB run: MGDATA_SCHEDULE defaults to empty."""
     for name in AIRFLOW_SERVICES:
         assert env_of(name)["MGDATA_SCHEDULE"] == "", name
         assert interpolate(raw_env_of(name)["MGDATA_SCHEDULE"], {"MGDATA_SCHEDULE": "@weekly"}) == "@weekly"

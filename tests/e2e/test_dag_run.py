@@ -15,10 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mgdata.manifest import row_schema
+from mgdata.report import REPORT_SCHEMA
 from mgdata.storage import open_store, s3_client
 from offline_mirror.build import build_mirror, stand_in_routes, write_catalog
 from offline_mirror.server import MirrorServer
@@ -89,6 +92,57 @@ def latest_report(store) -> dict:
     keys = sorted(o.key for o in store.list("runs/") if o.key.endswith("/report.json"))
     assert keys, "no report written"
     return json.loads(store.read_bytes(keys[-1]))
+
+
+def assert_outputs_match_schemas(store) -> int:
+    """Every report.json of the store validates against the published report schema, and every manifest row against
+    the manifest schema (the docs' reference pages are made from both). Returns the number of reports checked."""
+    report_validator = jsonschema.Draft202012Validator(json.loads(REPORT_SCHEMA.read_text()))
+    reports = [o.key for o in store.list("runs/") if o.key.endswith("/report.json")]
+    for key in reports:
+        errors = [
+            f"{e.json_path}: {e.message}"
+            for e in report_validator.iter_errors(json.loads(store.read_bytes(key)))
+        ]
+        assert not errors, f"{key} does not match report.schema.json:\n" + "\n".join(errors[:20])
+    row_validator = jsonschema.Draft202012Validator(row_schema())
+    for o in store.list("manifests/"):
+        if o.key.endswith(".parquet") and "/parts/" not in o.key:
+            for row in pq.read_table(io.BytesIO(store.read_bytes(o.key))).to_pylist():
+                errors = [f"{e.json_path}: {e.message}" for e in row_validator.iter_errors(row)]
+                assert not errors, f"{o.key} row {row['path']!r}: " + "; ".join(errors)
+    return len(reports)
+
+
+def test_the_report_schema_admits_no_field_it_does_not_name():
+    """An extra key anywhere the schema describes a fixed object fails validation: a field added to the code and
+    not to the schema cannot pass `assert_outputs_match_schemas` unnoticed."""
+    validator = jsonschema.Draft202012Validator(json.loads(REPORT_SCHEMA.read_text()))
+    validator.check_schema(validator.schema)
+    source = {
+        "source": "ai2d", "title": "AI2D", "kind": "http", "status": "ok", "error": None, "files_fetched": 1,
+        "bytes_fetched": 10, "images_ok": 1, "images_invalid": 0, "images_normalized": 0, "expected_images": 1,
+        "run_id": "r", "finished": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    ready = {"checked": False, "ready": False, "note": "pending", "referenced": 0, "present": 0, "missing": 0,
+             "missing_by_prefix": {}, "ids_without_boxes": 0}  # fmt: skip
+    report = {
+        "run_id": "r", "status": "success", "failed_sources": [], "finished": "2026-01-01T00:00:00+00:00",
+        "store": "file:///s", "catalog": "c.yaml", "force": False, "sources": {"ai2d": source},
+        "totals": {k: 0 for k in ("files_fetched", "bytes_fetched", "images_ok", "images_invalid",
+                                  "images_normalized")},
+        "layout": None, "quarantine": [], "quarantine_total": 0, "ready_to_train": ready,
+    }  # fmt: skip
+    assert validator.is_valid(report)
+    for where in (report, source, ready, report["totals"]):
+        where["added_by_the_code"] = 1
+        assert not validator.is_valid(report), where
+        del where["added_by_the_code"]
+    row = {"path": "a.jpg", "bytes": 1, "sha256": "0" * 64, "format": "JPEG", "width": 1, "height": 1,
+           "status": "ok", "error": None, "origin": "raw/a/b.zip!a.jpg", "run_id": "r"}  # fmt: skip
+    manifest = jsonschema.Draft202012Validator(row_schema())
+    assert manifest.is_valid(row) and not manifest.is_valid(row | {"extra": 1})
+    assert not manifest.is_valid(row | {"status": "fine"})
 
 
 def table_paths(store, source: str) -> list[str]:
@@ -225,6 +279,7 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
     assert again["sources"]["docvqa"]["status"] == "ok"
     assert again["ready_to_train"]["ready"], again["ready_to_train"]["note"]
     assert again["ready_to_train"]["note"].startswith("ready to train")
+    assert assert_outputs_match_schemas(store) == 2
     # An unchanged source ends at its plan: fetch, shard, extract and finalize never start. OCR-VQA is not unchanged
     # (its dead URLs are tried again), so its group runs through finalize.
     states = task_states(airflow_home, again["run_id"], **env)
@@ -297,6 +352,7 @@ def test_failed_source_fails_the_run_but_the_others_are_assembled(mirror, airflo
     assert result.returncode != 0, "a failed source must fail the run"
     report = latest_report(open_store(store_url))
     assert report["status"] == "failed" and report["failed_sources"] == ["ai2d"]
+    assert assert_outputs_match_schemas(open_store(store_url)) == 1
     assert set(report["sources"]) == {"ai2d", "textvqa"}
     assert report["sources"]["textvqa"]["status"] == "ok"
     assert (
