@@ -7,7 +7,7 @@ members), gives every valid JPEG member the size of a real COCO photo (`--kb`, a
 photo-like pictures at quality 90, drawn from a pool of distinct ones), serves it on loopback and fetches it into a
 local store (not timed). Then, interleaved `--rounds` times, from the same zip:
 
-- ours, twice: plan_shards, extract_shard for every shard, finalize_source (inflate, CRC, sha256, full decode,
+- ours, twice: plan_shards, extract_shard for every shard, finalize_source (inflate, CRC, sha256, image check,
   store write, manifest), the stages the DAG runs, on shards of the shipped catalog's 256 MiB. First as an executor
   runs the mapped extract tasks with one slot per core (LocalExecutor's parallelism or a Celery worker's
   concurrency = cores): a fresh process per shard, `cores` at a time, each with MGDATA_EXTRACT_THREADS=2; then

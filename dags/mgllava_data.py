@@ -6,7 +6,7 @@ the trainer's `data/` layout and a run report.
 
 **Per source** (one task group each, built from the catalog):
 `plan` (what changed upstream?) → `fetch` (one mapped task per remote file, verified, resumable)
-→ `shard` (cut archives into byte ranges) → `extract` (one mapped task per shard: safe paths, sha256, full decode,
+→ `shard` (cut archives into byte ranges) → `extract` (one mapped task per shard: safe paths, sha256, image check,
 write, manifest rows) → `finalize` (merge the manifest, diff, record state, emit the source's Asset event).
 
 **Then once**, whatever the sources' outcome: `assemble` writes `runs/<run_id>/report.json` and `report.html` and
@@ -129,7 +129,7 @@ def shard(source: str, planned: list[dict] | None, fetched: list[dict] | None) -
 
 @task(map_index_template="{{ shard_id }}", retries=2, retry_delay=RETRY_DELAY)
 def extract(source: str, shard_id: str) -> dict:
-    """One pass per member: safe path, sha256, full decode, write under data/ (or quarantine/), manifest row."""
+    """One pass per member: safe path, sha256, image check, write under data/ (or quarantine/), manifest row."""
     from mgdata.ingest import extract_shard
 
     get_current_context()["shard_id"] = shard_id

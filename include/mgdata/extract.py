@@ -3,8 +3,8 @@
 `shard_file` reads an archive's directory (zip central directory; a tar is one shard since it can only be streamed)
 and writes each shard's member list to `work/`. `extract` streams one shard's byte range from the store, and for every
 member, in a thread pool (zlib, hashlib and Pillow's decoders release the GIL, so threads use every core): inflate and
-check it, hash it, fully decode it, write it under `data/<layout path>` (or `quarantine/<source>/` with the reason),
-and produce its manifest row. The rows go to one small Parquet part per shard, written after one flush of the store
+check it, hash it, decode it for the trainer's verdict (a JPEG at 1/8 scale, which decides the same; `images.py`),
+write it under `data/<layout path>` (or `quarantine/<source>/` with the reason), and produce its manifest row. The rows go to one small Parquet part per shard, written after one flush of the store
 (`Store.sync`) rather than an fsync per image: the part is the shard's commit record.
 """
 

@@ -54,6 +54,7 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self.http = client_http_session(client)
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -132,7 +133,9 @@ class S3Store(Store):
             "PutObject", key, self.client.generate_presigned_url, ClientMethod="put_object",
             Params={"Bucket": self.bucket, "Key": self.full_key(key)}, ExpiresIn=_PRESIGN_SECONDS,
         )  # fmt: skip
-        _presigned_put(self.client, url, data, lambda why: f"PutObject {self.describe(key)} failed: {why}")
+        _presigned_put(
+            self.client, self.http, url, data, lambda why: f"PutObject {self.describe(key)} failed: {why}"
+        )
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
@@ -194,15 +197,38 @@ def _xml_field(body: bytes, name: str) -> str:
     return body[start + len(name) + 2 : end].decode("utf-8", "replace") if 0 <= start < end else ""
 
 
-def _presigned_put(client, url: str, data: bytes, message) -> None:
-    """PUT `data` to a presigned S3 URL with the client's retry budget; raises StoreError(message(reason))."""
+def client_http_session(client):
+    """The HTTP session a botocore client sends its own requests over: its connection pool, proxies, TLS verification
+    (custom CA bundles included, as botocore resolved them) and timeouts.
+
+    botocore keeps it on a private attribute (`client._endpoint.http_session`), so an upgrade could move it; then this
+    falls back to a session of botocore's public `URLLib3Session` built from the client's public config (a pool of its
+    own, the same proxies, client certificate and timeouts, default TLS verification), and
+    tests/unit/test_storage_s3_session.py fails loudly so the pin is not raised unnoticed.
+    """
+    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    if callable(getattr(http, "send", None)):
+        return http
+    from botocore.httpsession import URLLib3Session
+
+    config = client.meta.config
+    return URLLib3Session(
+        proxies=config.proxies,
+        timeout=(config.connect_timeout, config.read_timeout),
+        max_pool_connections=config.max_pool_connections,
+        client_cert=config.client_cert,
+        proxies_config=config.proxies_config,
+    )
+
+
+def _presigned_put(client, http, url: str, data: bytes, message) -> None:
+    """PUT `data` to a presigned S3 URL over `http` with the client's retry budget; raises StoreError(message(reason))."""
     from botocore.awsrequest import AWSRequest
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import HTTPClientError
 
     retries = client.meta.config.retries or {}
     attempts = retries.get("total_max_attempts") or retries.get("max_attempts", 4) + 1
-    http = client._endpoint.http_session  # the client's pool, proxies, TLS and timeouts
     for attempt in range(1, attempts + 1):
         try:
             resp = http.send(AWSRequest("PUT", url, data=data).prepare())

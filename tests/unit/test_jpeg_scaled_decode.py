@@ -1,0 +1,76 @@
+"""A JPEG's scaled decode gives the trainer's verdict: on every variant of the corruption corpus (jpeg_corpus.py),
+`check_image` calls the bytes invalid exactly when MG-LLaVA's `Image.open(path).convert('RGB')` raises, and gives the
+same reason category and size as a full-size decode."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from io import BytesIO
+
+import pytest
+from jpeg_corpus import bases, corpus
+from PIL import Image
+
+from mgdata.images import _load_scaled, check_image
+
+
+def trainer_opens(data: bytes) -> bool:
+    """What the trainer's reader does with the file, with Pillow's defaults: True when it gets an RGB image."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            im.convert("RGB")
+    except Exception:
+        return False
+    return True
+
+
+def outcome(data: bytes, **options) -> tuple:
+    c = check_image(data, "image.jpg", **options)
+    return c.status, (c.error or "").split(":")[0], c.format, c.width, c.height
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> list[tuple[str, bool, tuple, tuple]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # corrupt EXIF segments warn; the verdicts are what is compared
+        return [(name, trainer_opens(d), outcome(d), outcome(d, full_decode=True)) for name, d in corpus()]
+
+
+def test_the_corpus_is_large_and_has_both_verdicts_for_every_base(verdicts):
+    assert len(verdicts) >= 10_000
+    per_base = Counter((name.split("/")[0], opens) for name, opens, _, _ in verdicts)
+    for base in bases():
+        assert per_base[base, True] > 0 and per_base[base, False] > 50, base
+
+
+def test_the_scaled_decode_is_invalid_exactly_when_the_trainer_cannot_open_the_file(verdicts):
+    differ = [(name, opens, cheap) for name, opens, cheap, _ in verdicts if (cheap[0] != "invalid") != opens]
+    assert differ == []
+
+
+def test_the_scaled_decode_gives_the_full_decodes_reason_format_and_size(verdicts):
+    differ = [(name, cheap, full) for name, _, cheap, full in verdicts if cheap != full]
+    assert differ == []
+
+
+def test_an_intact_jpeg_is_decoded_scaled_and_keeps_its_full_size():
+    data = bases()["large-progressive"]
+    c = check_image(data, "photo.jpg")
+    assert (c.status, c.format, c.width, c.height, c.data) == ("ok", "JPEG", 640, 480, data)
+
+
+def test_a_jpeg_under_another_name_is_still_decoded_in_full_and_re_encoded():
+    c = check_image(bases()["baseline-420"], "chart.png")
+    assert c.status == "normalized" and c.data.startswith(b"\x89PNG")
+    with Image.open(BytesIO(c.data)) as im:
+        assert im.size == (96, 72)
+
+
+def test_a_jpeg_is_decoded_at_one_eighth_of_its_size_and_a_png_is_not_scaled():
+    with Image.open(BytesIO(bases()["large-baseline"])) as im:
+        assert _load_scaled(im) and im.size == (80, 60)
+    png = BytesIO()
+    Image.new("RGB", (64, 64)).save(png, format="PNG")
+    with Image.open(png) as im:
+        assert not _load_scaled(im) and im.size == (64, 64)
