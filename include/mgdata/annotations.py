@@ -1,11 +1,11 @@
-"""The ready-to-train check: MG-LLaVA's own reading contract, rule by rule (docs/ready-to-train.md).
+"""The ready-to-train check: a trainer's own reading contract applied to its training JSONs (docs/ready-to-train.md).
 
-MG-LLaVA's trainer (`MGLLaVADataset` over xtuner's `LLaVADataset`, `llava_map_fn`, `process_hf_dataset`) reads a
-training JSON with `json.load`, builds a Hugging Face `Dataset` from it, maps and filters the conversations, and only
-then, per sample, opens `os.path.join(image_folder, image)` with Pillow and looks its id up in the bbox JSON. Each way
-that code crashes or silently trains on less is a *rule* here; every rule is counted per file with its first offending
-ids or paths, and `ready` means no rule fired. Samples xtuner drops before reading any image (no human→gpt turn) are
-counted, and neither their image nor their boxes are required.
+A contract (`mgdata.contracts`: MG-LLaVA's, LLaVA's) says how one trainer reads a sample and what makes it crash or
+silently train on less; each such way is a *rule*. This engine streams the JSONs through the contract, resolves every
+image the trainer would open (in the store's manifests, or a local folder opened as the trainer opens it), checks the
+bbox JSON where the contract needs one, and counts every rule per file with its first offending ids or paths: `ready`
+means no rule fired. Samples the trainer drops before reading any image are counted, and neither their image nor their
+boxes are required.
 
 Both JSONs are streamed (ijson, C backend) one sample or entry at a time: memory is bounded by what must be kept (the
 usable paths from the manifests, one bbox JSON's keys).
@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal
 import ijson
 
 from mgdata.catalog import Catalog, TrainingFile
+from mgdata.contracts import MGLLAVA, Contract
 
 Status = Literal["present", "missing", "broken", "skipped"]
 Resolver = Callable[[str], Status]  # the JSON's `image` string as written -> its status under data/
@@ -33,111 +34,7 @@ Resolver = Callable[[str], Status]  # the JSON's `image` string as written -> it
 LISTED = 20  # first offending paths / ids listed per rule, overall
 LISTED_PER_PREFIX = 5
 NO_PROVIDER = "no catalog source provides this prefix"
-IMAGE_TOKEN = "<image>"
-ROLES = ("human", "gpt")
 OUTSIDE = "(outside data/)"
-
-# rule -> (effect, what it counts, where the trainer does it). effect: "crash" (the trainer raises), "degrades" (it
-# trains on without the images, silently), "dropped" (the trainer filters the sample out before reading: not required).
-RULES: dict[str, tuple[str, str, str]] = {
-    "sample_not_object": (
-        "crash",
-        "samples that are not JSON objects",
-        "mg_llava/dataset/llava.py:55 item.keys()",
-    ),
-    "id_missing": (
-        "crash",
-        "samples without an id",
-        "mg_llava/dataset/llava.py:74 json_data[idx]['id'] (KeyError)",
-    ),
-    "id_types_mixed": (
-        "crash",
-        "samples whose id type differs from the first sample's (after int -> str)",
-        "mg_llava/dataset/llava.py:74-76 HFDataset.from_list (ArrowTypeError)",
-    ),
-    "image_not_string": (
-        "crash",
-        "samples whose image is not a string (a list, a number)",
-        "mg_llava/dataset/llava.py:76 HFDataset.from_list (ArrowTypeError)",
-    ),
-    "conversations_invalid": (
-        "crash",
-        "samples whose conversations is missing or not a list of {from, value} turns with string values",
-        "xtuner llava_map_fn (KeyError / TypeError)",
-    ),
-    "role_invalid": (
-        "crash",
-        "samples with a turn whose from is not human or gpt",
-        "xtuner llava_map_fn.py:44-45 (NotImplementedError)",
-    ),
-    "image_tokens": (
-        "crash",
-        "samples with a turn whose input holds more than one <image>",
-        "xtuner dataset/utils.py encode_fn: assert len(chunk_encode) == 2",
-    ),
-    "image_column_dropped": (
-        "degrades",
-        "image samples trained without their image: the file's first sample has no image key",
-        "datasets Dataset.from_list takes the columns from mapping[0] (mg_llava/dataset/llava.py:76)",
-    ),
-    "image_missing": (
-        "crash",
-        "image references not under data/",
-        "mg_llava/module/mg_llava_dataset.py:68 Image.open(os.path.join(image_folder, image))",
-    ),
-    "image_skipped": (
-        "crash",
-        "image references whose archive member was skipped at extraction",
-        "mg_llava/module/mg_llava_dataset.py:68",
-    ),
-    "image_broken": (
-        "crash",
-        "image references that Pillow (defaults) cannot open and convert('RGB')",
-        "mg_llava/module/mg_llava_dataset.py:68 .convert('RGB')",
-    ),
-    "boxes_missing": (
-        "crash",
-        "image samples whose id has no entry in the bbox JSON",
-        "mg_llava/module/mg_llava_dataset.py:42,71 json_data[data_dict['id']] (KeyError)",
-    ),
-    "boxes_malformed": (
-        "crash",
-        "image samples whose bbox entry is not {boxes: rows of 4, scores and labels: lists of one per box}",
-        "mg_llava/module/mg_llava_dataset.py:72-79 (KeyError), mg_llava/dataset/utils.py:562-565 reshape(-1, 4), "
-        "batched_nms (one box per score)",
-    ),
-    "box_coordinates_invalid": (
-        "crash",
-        "image samples whose boxes hold a coordinate torch.tensor cannot take (a string, null, list or object)",
-        "mg_llava/dataset/utils.py:722,725 box[1] + delta; :562 torch.tensor(boxes) (a bool is 0/1 and passes)",
-    ),
-    "box_labels_unhashable": (
-        "crash",
-        "image samples whose bbox labels hold a value that cannot be hashed (a list or an object)",
-        "mg_llava/dataset/utils.py:559 set(labels) (TypeError: unhashable type)",
-    ),
-    "box_scores_invalid": (
-        "crash",
-        "image samples whose bbox scores hold a value torch.tensor cannot take (a string, null, list or object)",
-        "mg_llava/dataset/utils.py:563 torch.tensor(scores)",
-    ),
-    "box_scores_not_float": (
-        "crash",
-        "image samples whose bbox scores are all whole numbers or bools, so torch.tensor makes them int64 or bool",
-        "mg_llava/dataset/utils.py:565 batched_nms(boxes.float(), scores, ...): torchvision nms_kernel.cpp "
-        "'dets should have the same type as scores'",
-    ),
-    "box_entry_without_id": (
-        "crash",
-        "bbox JSON list entries without an id",
-        "mg_llava/module/mg_llava_dataset.py:42 str(item['id'])",
-    ),
-    "dropped_before_reading": (
-        "dropped",
-        "samples with no human->gpt turn, filtered out before any image is read (image and boxes not required)",
-        "xtuner dataset/huggingface.py:61-63 filter(len(example['conversation']) > 0)",
-    ),
-}
 
 
 class AnnotationError(ValueError):
@@ -325,71 +222,6 @@ class Boxes:
 # ------------------------------------------------------------------------------------------------ one sample
 
 
-@dataclass
-class Sample:
-    """What the check needs of one training sample, as the trainer will see it."""
-
-    key: object  # the id after llava.py's int -> str
-    id_type: str | None  # None: no id at all
-    image: object  # the raw `image` value
-    problems: list[str]  # crash rules found in the sample itself
-    dropped: bool  # no human->gpt turn: filtered out before reading
-
-    @property
-    def label(self) -> str:
-        return repr(self.key) if not isinstance(self.key, str) else self.key
-
-
-def read_sample(raw: object) -> Sample:
-    if not isinstance(raw, dict):
-        return Sample(None, None, None, ["sample_not_object"], True)
-    problems = []
-    if "id" in raw:
-        key = str(raw["id"]) if isinstance(raw["id"], int) else raw["id"]
-        id_type = None if key is None else type(key).__name__  # null fits any column type
-    else:
-        key, id_type = None, None
-        problems.append("id_missing")
-    image = raw.get("image")
-    if image and not isinstance(image, str):
-        problems.append("image_not_string")
-    turns, conv_problem = _turns(raw.get("conversations"))
-    if conv_problem:
-        problems.append(conv_problem)
-    dropped = conv_problem is None and turns == []
-    if conv_problem is None and any(i.count(IMAGE_TOKEN) > 1 for i in turns or []):
-        problems.append("image_tokens")
-    return Sample(key, id_type, image, problems, dropped)
-
-
-def _turns(messages: object) -> tuple[list[str] | None, str | None]:
-    """llava_map_fn: the input of each human->gpt turn (with `<image>` already collapsed per message), or a rule."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return None, "conversations_invalid"
-    while messages and messages[0].get("from") == "gpt":
-        messages = messages[1:]
-    inputs, current = [], ""
-    for m in messages:
-        if m.get("from") not in ROLES:
-            return None, "role_invalid"
-        if not isinstance(m.get("value"), str):
-            return None, "conversations_invalid"
-        if m["from"] == "human":
-            # llava_map_fn removes every <image> of a message and puts one back in front
-            current += (IMAGE_TOKEN if IMAGE_TOKEN in m["value"] else "") + "\n"
-        else:
-            inputs.append(current)
-            current = ""
-    return inputs, None
-
-
-def _column_kept(first: object) -> bool:
-    """Whether the first sample gives the Dataset an `image` column (mg_llava/dataset/llava.py:54-70, 76)."""
-    if not isinstance(first, dict):
-        return False
-    return "image" in first or bool(first.get("video")) or "model" in first
-
-
 # ------------------------------------------------------------------------------------------------ counts
 
 
@@ -433,14 +265,18 @@ class Check:
 
     workers: int = 1
     progress: Callable[[int, int], None] | None = None
+    contract: Contract = MGLLAVA
     files: list[dict] = field(default_factory=list)
     prefixes: dict[str, PrefixCounts] = field(default_factory=dict)
-    findings: dict[str, Finding] = field(default_factory=lambda: {r: Finding() for r in RULES})
+    findings: dict[str, Finding] = field(default_factory=dict)
     samples: int = 0
     text_only: int = 0
     first_missing: list[str] = field(default_factory=list)
     first_broken: list[str] = field(default_factory=list)
     skipped_reasons: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.findings = {r: self.findings.get(r, Finding()) for r in self.contract.rules}
 
     def check_file(
         self,
@@ -463,7 +299,8 @@ class Check:
             "skipped": 0,
             "ids_without_boxes": 0,
         }
-        own_findings = {r: 0 for r in RULES}
+        own_findings = {r: 0 for r in self.contract.rules}
+        typed_ids = "id_types_mixed" in self.contract.rules
 
         def hit(rule: str, what: str) -> None:
             own_findings[rule] += 1
@@ -498,19 +335,21 @@ class Check:
             try:
                 _, items = _items(samples, name)
                 for index, raw in enumerate(items):
-                    s = read_sample(raw)
+                    s = self.contract.read_sample(raw)
                     own["samples"] += 1
-                    if index == 0:
-                        column = _column_kept(raw)
+                    if index == 0 and self.contract.image_column_kept is not None:
+                        column = self.contract.image_column_kept(raw)
                     where = f"#{index}" if s.id_type is None else s.label
                     for rule in s.problems:
                         hit(rule, where)
-                    if s.id_type is not None:
+                    if typed_ids and s.id_type is not None:
                         first_type = first_type or s.id_type
                         if s.id_type != first_type:
                             hit("id_types_mixed", f"{s.label} ({s.id_type}, first was {first_type})")
-                    if not s.image or "image_not_string" in s.problems:
-                        own["text_only"] += not s.image
+                    if s.text_only:
+                        own["text_only"] += 1
+                        continue
+                    if "image_not_string" in s.problems:
                         continue
                     if s.dropped:
                         hit("dropped_before_reading", where)
@@ -542,7 +381,7 @@ class Check:
             own_findings["image_column_dropped"] = image_samples
             self.findings["image_column_dropped"].count += image_samples
             self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
-        own["ids_without_boxes"] = own_findings["boxes_missing"]
+        own["ids_without_boxes"] = own_findings.get("boxes_missing", 0)
         own["findings"] = {r: n for r, n in own_findings.items() if n}
         own["box_entries"] = len(box.keys) if box is not None else None
         own["seconds"] = round(time.monotonic() - started, 3)
@@ -569,7 +408,8 @@ class Check:
         total = {k: sum(getattr(p, k) for p in self.prefixes.values()) for k in kinds}
         checked = any(f["status"] == "checked" for f in self.files)
         required_absent = [f["json"] for f in self.files if f["status"] == "absent"]
-        blocking = {r: f.count for r, f in self.findings.items() if f.count and RULES[r][0] != "dropped"}
+        rules = self.contract.rules
+        blocking = {r: f.count for r, f in self.findings.items() if f.count and rules[r][0] != "dropped"}
         ready = checked and not required_absent and not blocking
         by_prefix = {}
         for prefix, counts in sorted(self.prefixes.items()):
@@ -585,43 +425,54 @@ class Check:
             }
         findings = {
             rule: {
-                "effect": RULES[rule][0],
-                "what": RULES[rule][1],
-                "trainer": RULES[rule][2],
+                "effect": rules[rule][0],
+                "what": rules[rule][1],
+                "trainer": rules[rule][2],
                 "count": f.count,
                 "first": f.first,
             }
             for rule, f in self.findings.items()
         }
+        boxes = self.findings.get("boxes_missing", Finding())
+        dropped = self.findings.get("dropped_before_reading", Finding())
+        boxed = any(f.get("boxes") for f in self.files if f["status"] == "checked")
         return {
+            "contract": self.contract.name,
             "checked": checked,
             "ready": ready,
-            "note": _verdict(checked, ready, required_absent, total, by_prefix, findings),
+            "note": _verdict(checked, ready, required_absent, total, by_prefix, findings, boxed=boxed),
             **total,
             "missing_by_prefix": {p: c.missing for p, c in sorted(self.prefixes.items()) if c.missing},
-            "ids_without_boxes": self.findings["boxes_missing"].count,
+            "ids_without_boxes": boxes.count,
             "samples": self.samples,
             "text_only": self.text_only,
-            "dropped_before_reading": self.findings["dropped_before_reading"].count,
+            "dropped_before_reading": dropped.count,
             "findings": findings,
             "by_prefix": by_prefix,
             "unprovided_prefixes": sorted(p for p, b in by_prefix.items() if b["note"] == NO_PROVIDER),
             "first_missing": self.first_missing,
             "first_broken": self.first_broken,
-            "first_ids_without_boxes": self.findings["boxes_missing"].first,
+            "first_ids_without_boxes": boxes.first,
             "skipped_at_extraction": self.skipped_reasons,
             "files": self.files,
         }
 
 
 def _verdict(
-    checked: bool, ready: bool, absent: list[str], total: dict, by_prefix: dict, findings: dict
+    checked: bool,
+    ready: bool,
+    absent: list[str],
+    total: dict,
+    by_prefix: dict,
+    findings: dict,
+    *,
+    boxed: bool,
 ) -> str:
-    dropped = findings["dropped_before_reading"]["count"]
+    dropped = findings.get("dropped_before_reading", {}).get("count", 0)
     if ready:
         return (
-            f"ready to train: all {total['referenced']:,} referenced images open as the trainer opens them and "
-            f"every image sample has well-formed boxes"
+            f"ready to train: all {total['referenced']:,} referenced images open as the trainer opens them"
+            + (" and every image sample has well-formed boxes" if boxed else "")
             + (f" ({dropped:,} samples the trainer drops before reading, not required)" if dropped else "")
         )
     if not checked:
