@@ -8,6 +8,7 @@ What each page is made from:
 | page | source |
 |---|---|
 | `sources.md` | the shipped catalog (`include/catalog.yaml`), through `mgdata.catalog` |
+| `recipes.md` | the shipped recipes (`include/recipes/*.yaml`) and the trainer contracts (`mgdata.contracts`) |
 | `settings.md` | `mgdata.settings.VARIABLES` |
 | `params.md` | the DAG's params (`dags/mgllava_data.py`, imported as the scheduler imports it) |
 | `cli.md` | the `--help` of `python -m mgdata` and each of its commands |
@@ -243,11 +244,60 @@ def manifest_page() -> str:
     return page + _table(["column", "Arrow type", "meaning"], rows)
 
 
+def recipes_page() -> str:
+    from mgdata.catalog import SHIPPED_CATALOG, load_catalog
+    from mgdata.contracts import CONTRACTS
+    from mgdata.recipes import load_recipes
+
+    catalog = load_catalog(SHIPPED_CATALOG)
+    recipes = load_recipes(catalog=catalog)
+    page = HEADER.format(source="include/recipes/*.yaml and mgdata.contracts") + "# Recipes and contracts\n\n"
+    page += (
+        "A recipe is a training corpus over the shared store: its sources, its training JSONs where its launch "
+        "scripts put them (paths relative to the trainer's tree), and the contract each JSON is read through "
+        "(`python -m mgdata verify --recipe NAME --root TREE`).\n\n"
+    )
+    rows = [
+        [f"`{r.name}`", r.title, r.trainer, f"`{r.data}`", ", ".join(r.sources), len(r.training)]
+        for r in recipes.values()
+    ]
+    page += _table(["recipe", "corpus", "trainer", "data/ is", "sources", "JSONs"], rows)
+    for r in recipes.values():
+        page += f"\n## {r.title} (`{r.name}`)\n\n"
+        rows = [
+            [
+                t.stage + (" (optional)" if t.optional else ""),
+                f"`{t.json_path}`",
+                f"`{t.image_folder}`",
+                f"`{t.contract}`",
+                f"source `{t.source}`" if t.source else f"[{t.revision or 'url'}]({t.url})",
+                _size(t.bytes),
+            ]
+            for t in r.training
+        ]
+        page += _table(["stage", "JSON", "image folder", "contract", "from", "size"], rows)
+        if r.layout:
+            page += "\nFolders named otherwise than ours: " + ", ".join(
+                f"`{a}` = our `{b}`" for a, b in r.layout.items()
+            )
+            page += ".\n"
+        for folder, what in r.uncatalogued.items():
+            page += f"\nNot in the catalog: `{folder}`: {what}.\n"
+    page += "\n## Contracts\n"
+    for c in CONTRACTS.values():
+        page += f"\n### `{c.name}`\n\n{c.trainer}.\n\n"
+        page += _table(
+            ["rule", "effect", "counts", "trainer line"], [[f"`{k}`", *v] for k, v in c.rules.items()]
+        )
+    return page
+
+
 def pages() -> dict[str, str]:
     """Every generated file under docs/reference/, by name."""
     dump = lambda d: json.dumps(d, indent=2, ensure_ascii=False) + "\n"  # noqa: E731
     return {
         "sources.md": sources_page(),
+        "recipes.md": recipes_page(),
         "settings.md": settings_page(),
         "params.md": params_page(),
         "cli.md": cli_page(),

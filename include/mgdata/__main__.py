@@ -1,11 +1,15 @@
-"""`python -m mgdata verify`: MG-LLaVA's reading contract checked against any local data/ folder and training JSON.
-`python -m mgdata check`: the store's invariant (manifests, objects, reports, layout agree; nothing half-done).
+"""`python -m mgdata verify`: a trainer's reading contract checked against any local data/ folder and training JSON,
+or a whole recipe's tree. `python -m mgdata check`: the store's invariant (manifests, objects, reports, layout agree;
+nothing half-done).
 
     python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json [--fast] [--report out.json]
+    python -m mgdata verify --recipe llava-v1.5 --root playground/data [--fast] [--report out.json]
     python -m mgdata check [--source S ...] [--layout DIR] [--sizes-only]
 
 verify opens every referenced image and converts it as the trainer does (Pillow defaults, a thread pool, progress on a
-terminal); `--fast` only checks that each file exists, and its verdict says so. Exit status: 0 ready to train, 1 not
+terminal); `--fast` only checks that each file exists, and its verdict says so. `--json` is read through MG-LLaVA's
+contract unless `--contract` names another; `--recipe` reads each of the recipe's JSONs where its launch scripts put
+them under `--root`, through the contract the recipe names, and the recipe is ready when every stage is. Exit status: 0 ready to train, 1 not
 ready (a contract finding: missing or unreadable images, bad samples, missing or malformed boxes), 2 the input could
 not be read. Prefixes are named with the catalog source that provides them (`MGDATA_CATALOG`, else the shipped
 catalog).
@@ -26,6 +30,8 @@ from pathlib import Path
 
 from mgdata.annotations import AnnotationError, Check, folder_resolver
 from mgdata.catalog import CatalogError, load_catalog
+from mgdata.contracts import CONTRACTS
+from mgdata.recipes import RecipeCatalog, RecipeError, load_recipes
 from mgdata.settings import Settings
 from mgdata.storage import StoreError
 
@@ -38,12 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a data/ folder against the trainer's reading contract (verify), or a store's invariant (check).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check a training JSON against MG-LLaVA's reading contract")
-    verify.add_argument(
-        "--data", required=True, type=Path, help="the data/ folder the trainer reads (image_folder)"
+    verify = commands.add_parser(
+        "verify", help="check training JSONs against their trainer's reading contract"
     )
-    verify.add_argument("--json", required=True, type=Path, help="a LLaVA-style training JSON")
+    verify.add_argument("--data", type=Path, help="the data/ folder the trainer reads (image_folder)")
+    verify.add_argument("--json", type=Path, help="a LLaVA-style training JSON")
     verify.add_argument("--boxes", type=Path, help="the bbox JSON every image sample needs an entry in")
+    verify.add_argument(
+        "--contract", choices=sorted(CONTRACTS), default="mgllava", help="the trainer --json is read by"
+    )
+    verify.add_argument(
+        "--recipe", help="check every training JSON of this recipe (instead of --data/--json)"
+    )
+    verify.add_argument("--root", type=Path, help="with --recipe: the trainer's tree (e.g. playground/data)")
     verify.add_argument(
         "--fast", action="store_true", help="existence only: do not open the images (not the verdict)"
     )
@@ -105,33 +118,94 @@ def _progress(stream=sys.stderr):
 
 
 def verify(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return verify_recipe(args)
+    if args.data is None or args.json is None:
+        print("verify: give --data and --json, or --recipe and --root", file=sys.stderr)
+        return 2
     if not args.data.is_dir():
         print(f"verify: --data {args.data} is not a directory", file=sys.stderr)
         return 2
     catalog = load_catalog(Settings.from_env().catalog)
+    check = _check(args, CONTRACTS[args.contract])
+    _check_json(check, args.json, args.boxes, folder_resolver(args.data, decode=not args.fast))
+    return _conclude(args, _result(args, check.as_report(catalog)), summary)
+
+
+def verify_recipe(args: argparse.Namespace) -> int:
+    catalog = load_catalog(Settings.from_env().catalog)
+    recipes = load_recipes(catalog=catalog)
+    if args.recipe not in recipes:
+        print(f"verify: no recipe {args.recipe!r}; the recipes are {sorted(recipes)}", file=sys.stderr)
+        return 2
+    if args.root is None or not args.root.is_dir():
+        print(f"verify: --root {args.root} is not a directory (the trainer's tree)", file=sys.stderr)
+        return 2
+    recipe = recipes[args.recipe]
+    stages = []
+    for t in recipe.training:
+        view = RecipeCatalog(recipe, catalog, t.image_folder)
+        check = _check(args, CONTRACTS[t.contract], image_prefix=view.prefix)
+        samples, boxes = args.root / t.json_path, args.root / t.boxes if t.boxes else None
+        if not samples.is_file():
+            check.absent(str(samples), t.boxes, optional=t.optional, why="not in the tree")
+        elif boxes is not None and not boxes.is_file():
+            check.absent(
+                str(samples), str(boxes), optional=t.optional, why=f"its bbox JSON {boxes} is not there"
+            )
+        else:
+            _check_json(
+                check, samples, boxes, folder_resolver(args.root / t.image_folder, decode=not args.fast)
+            )
+        stages.append({"stage": t.stage, "optional": t.optional, **_result(args, check.as_report(view))})
+    needed = [s for s in stages if not (s["optional"] and not s["checked"])]
+    ready = all(s["ready"] for s in needed)
+    result = {"recipe": recipe.name, "trainer": recipe.trainer, "ready": ready, "stages": stages}
+    return _conclude(args, result, recipe_summary)
+
+
+def _check(args: argparse.Namespace, contract, **options) -> Check:
     from PIL import Image
 
     # the trainer opens these too (Pillow raises only above twice the threshold): not worth a line per image
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    progress = _progress()
-    check = Check(workers=1 if args.fast else max(1, args.threads), progress=progress)
-    resolve = folder_resolver(args.data, decode=not args.fast)
-    with open(args.json, "rb") as samples:
-        if args.boxes is None:
-            check.check_file(str(args.json), samples, resolve)
+    workers = 1 if args.fast else max(1, args.threads)
+    return Check(workers=workers, progress=_progress(), contract=contract, **options)
+
+
+def _check_json(check: Check, samples: Path, boxes: Path | None, resolve) -> None:
+    with open(samples, "rb") as s:
+        if boxes is None:
+            check.check_file(str(samples), s, resolve)
         else:
-            with open(args.boxes, "rb") as boxes:
-                check.check_file(str(args.json), samples, resolve, boxes_name=str(args.boxes), boxes=boxes)
-    if progress:
+            with open(boxes, "rb") as b:
+                check.check_file(str(samples), s, resolve, boxes_name=str(boxes), boxes=b)
+    if check.progress:
         sys.stderr.write("\n")
-    result = check.as_report(catalog)
+
+
+def _result(args: argparse.Namespace, result: dict) -> dict:
     result["mode"] = "fast" if args.fast else "decode"
     if args.fast:
         result["note"] += f" [{FAST_NOTE}]"
+    return result
+
+
+def _conclude(args: argparse.Namespace, result: dict, show) -> int:
     if args.report:
         args.report.write_text(json.dumps(result, indent=1))
-    print(summary(result))
+    print(show(result))
     return 0 if result["ready"] else 1
+
+
+def recipe_summary(result: dict) -> str:
+    lines = []
+    for stage in result["stages"]:
+        optional = " (optional)" if stage["optional"] else ""
+        lines += [f"== {stage['stage']}{optional}, read as {stage['contract']}", summary(stage), ""]
+    verdict = "ready to train" if result["ready"] else "not ready"
+    lines.append(f"recipe {result['recipe']}: {verdict} ({result['trainer']})")
+    return "\n".join(lines)
 
 
 def summary(result: dict) -> str:
@@ -164,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return check(args) if args.command == "check" else verify(args)
-    except (OSError, AnnotationError, CatalogError, StoreError) as e:
+    except (OSError, AnnotationError, CatalogError, RecipeError, StoreError) as e:
         print(f"{args.command}: {e}", file=sys.stderr)
         return 2
 

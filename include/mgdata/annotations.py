@@ -266,6 +266,9 @@ class Check:
     workers: int = 1
     progress: Callable[[int, int], None] | None = None
     contract: Contract = MGLLAVA
+    image_prefix: Callable[[str], str] = field(
+        default=lambda image: prefix_of(image)
+    )  # groups the references
     files: list[dict] = field(default_factory=list)
     prefixes: dict[str, PrefixCounts] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
@@ -316,7 +319,7 @@ class Check:
         def settle(image: str, status: Status) -> None:
             own["referenced"] += 1
             own[status] += 1
-            self.prefixes.setdefault(prefix_of(image), PrefixCounts()).add(image, status)
+            self.prefixes.setdefault(self.image_prefix(image), PrefixCounts()).add(image, status)
             if status != "present":
                 hit(_RESOLVED_RULE[status], image)
                 listed = self.first_broken if status == "broken" else self.first_missing
@@ -403,7 +406,10 @@ class Check:
         )
 
     def as_report(self, catalog: Catalog | None = None, *, sources: dict[str, dict] | None = None) -> dict:
-        """`sources`: the run's per-source {status, error}, so a missing prefix says why its source has nothing."""
+        """`catalog` names the source of each prefix: a Catalog, or a recipe's view of one
+        (`mgdata.recipes.RecipeCatalog`, which may also say what would provide a prefix none of its sources does).
+        `sources`: the run's per-source {status, error}, so a missing prefix says why its source has nothing."""
+        unprovided = getattr(catalog, "unprovided", lambda prefix: None)
         kinds = ("referenced", "present", "missing", "broken", "skipped")
         total = {k: sum(getattr(p, k) for p in self.prefixes.values()) for k in kinds}
         checked = any(f["status"] == "checked" for f in self.files)
@@ -417,7 +423,7 @@ class Check:
             state = (sources or {}).get(provider) if provider else None
             by_prefix[prefix] = {
                 "source": provider,
-                "note": None if provider or catalog is None else NO_PROVIDER,
+                "note": None if provider or catalog is None else unprovided(prefix) or NO_PROVIDER,
                 "source_status": state.get("status") if state else None,
                 "source_error": state.get("error") if state else None,
                 **{k: getattr(counts, k) for k in kinds},
@@ -449,7 +455,7 @@ class Check:
             "dropped_before_reading": dropped.count,
             "findings": findings,
             "by_prefix": by_prefix,
-            "unprovided_prefixes": sorted(p for p, b in by_prefix.items() if b["note"] == NO_PROVIDER),
+            "unprovided_prefixes": sorted(p for p, b in by_prefix.items() if b["note"] and not b["source"]),
             "first_missing": self.first_missing,
             "first_broken": self.first_broken,
             "first_ids_without_boxes": boxes.first,
@@ -476,7 +482,7 @@ def _verdict(
             + (f" ({dropped:,} samples the trainer drops before reading, not required)" if dropped else "")
         )
     if not checked:
-        return "not checked: no training JSON is in the store yet" + (
+        return "not checked: no training JSON was there to read" + (
             f" ({', '.join(absent)})" if absent else ""
         )
     problems = []

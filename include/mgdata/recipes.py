@@ -1,0 +1,147 @@
+"""Recipes: a training corpus as data over the shared store (`include/recipes/<name>.yaml`).
+
+A recipe names the catalog sources it needs, its training JSONs (where they come from, pinned where the facts are
+known), the folder of the trainer's tree that is our `data/`, where its folder names differ from ours, and for each
+JSON the trainer contract (`mgdata.contracts`) it is read through. Sources are fetched once into the store whatever
+the number of recipes that use them; a recipe only adds a reading of them. Adding a recipe over existing sources is
+a new YAML file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mgdata.annotations import OUTSIDE
+from mgdata.catalog import Catalog, CatalogError
+from mgdata.contracts import CONTRACTS
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "mgllava"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecipeError(ValueError):
+    """A recipe file is unreadable or contradicts the catalog; the message names the file."""
+
+
+class RecipeJSON(_Model):
+    """One training JSON of a recipe, as the trainer's launch script points at it (paths relative to its tree)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    stage: str
+    json_path: str = Field(alias="json")
+    image_folder: str  # the trainer's --image_folder, relative to the tree
+    contract: str
+    boxes: str | None = None  # the bbox JSON every image sample needs an entry in (MG-LLaVA)
+    source: str | None = None  # the catalog source that delivers the JSON, when one does
+    url: str | None = None
+    revision: str | None = None
+    bytes: int | None = Field(default=None, gt=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    optional: bool = False  # absent is fine (a stage that needs sources outside the catalog)
+
+    @model_validator(mode="after")
+    def _known_contract(self) -> RecipeJSON:
+        if self.contract not in CONTRACTS:
+            raise ValueError(f"contract {self.contract!r} is not one of {sorted(CONTRACTS)}")
+        if (self.source is None) == (self.url is None):
+            raise ValueError(f"{self.json_path}: give exactly one of source (a catalog source) and url")
+        return self
+
+
+class Recipe(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    title: str
+    trainer: str
+    data: str  # the folder of the trainer's tree that is our data/ ("." when the tree is data/ itself)
+    sources: list[str]
+    training: list[RecipeJSON] = Field(min_length=1)
+    layout: dict[str, str] = {}  # the trainer's folder under `data` -> ours, where the names differ
+    uncatalogued: dict[str, str] = {}  # folders it reads that no catalog source provides: what would
+
+    def data_path(self, image_folder: str, image: str) -> str | None:
+        """Where the trainer's `os.path.join(image_folder, image)` lies under its data folder (in its own folder
+        names), or None outside it."""
+        if image.startswith("/"):
+            return None
+        path = posixpath.normpath(posixpath.join(image_folder, image))
+        data = posixpath.normpath(self.data)
+        if data != ".":
+            if not path.startswith(data + "/"):
+                return None
+            path = path[len(data) + 1 :]
+        return None if path in ("..", ".") or path.startswith("../") else path
+
+    def ours(self, path: str) -> str:
+        """A path under the trainer's data folder, in our data/ names (`layout`)."""
+        for theirs, ours in self.layout.items():
+            if path == theirs or path.startswith(theirs + "/"):
+                return ours + path[len(theirs) :]
+        return path
+
+
+class RecipeCatalog:
+    """A recipe's view of the catalog for one JSON's verdict: the prefix of each image under the trainer's data
+    folder, and which of the recipe's sources provides it, with the recipe's folder names mapped onto ours."""
+
+    def __init__(self, recipe: Recipe, catalog: Catalog, image_folder: str):
+        self.recipe, self.catalog, self.image_folder = recipe, catalog, image_folder
+
+    def prefix(self, image: str) -> str:
+        """The folder an image is counted under: a folder the recipe names, else its first two components."""
+        path = self.recipe.data_path(self.image_folder, image)
+        if path is None:
+            return OUTSIDE
+        named = (*self.recipe.layout, *self.recipe.uncatalogued)
+        return next((f for f in named if path.startswith(f + "/")), "/".join(path.split("/")[:2]))
+
+    def provider(self, prefix: str) -> str | None:
+        name = self.catalog.provider(self.recipe.ours(prefix))
+        return name if name in self.recipe.sources else None
+
+    def unprovided(self, prefix: str) -> str | None:
+        """What would provide a prefix no source of the recipe does, when the recipe says."""
+        return next(
+            (what for folder, what in self.recipe.uncatalogued.items() if prefix.startswith(folder)), None
+        )
+
+
+def parse_recipe(raw: object, label: str, catalog: Catalog | None = None) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"recipe {label}: {e}") from None
+    if catalog is not None:
+        unknown = sorted(set(recipe.sources) - set(catalog.sources))
+        delivered = {t.source for t in recipe.training} - {None}
+        unknown += sorted(delivered - set(catalog.sources))
+        if unknown:
+            raise RecipeError(f"recipe {label}: source(s) {unknown} are not in the catalog")
+    return recipe
+
+
+def load_recipes(folder: str | Path = RECIPES_DIR, catalog: Catalog | None = None) -> dict[str, Recipe]:
+    """Every `<name>.yaml` of the folder, by name; the file's stem must be the recipe's name."""
+    recipes = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+        recipe = parse_recipe(raw, str(path), catalog)
+        if recipe.name != path.stem:
+            raise RecipeError(
+                f"recipe {path}: its name is {recipe.name!r}, its file must be {recipe.name}.yaml"
+            )
+        recipes[recipe.name] = recipe
+    if not recipes:
+        raise CatalogError(f"no recipe in {folder}")
+    return recipes

@@ -1,0 +1,185 @@
+"""Recipes: the shipped four load against the shipped catalog, a fifth is a data file, and `verify --recipe` reads a
+trainer's tree where its launch scripts point, each JSON through its own trainer's contract."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+
+import pytest
+from PIL import Image
+
+from mgdata.__main__ import main
+from mgdata.catalog import SHIPPED_CATALOG, load_catalog
+from mgdata.contracts import CONTRACTS
+from mgdata.recipes import RecipeError, load_recipes
+
+CATALOG = load_catalog(SHIPPED_CATALOG)
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def chat(image: bool = True) -> list[dict]:
+    return [
+        {"from": "human", "value": ("<image>\n" if image else "") + "What?"},
+        {"from": "gpt", "value": "That."},
+    ]
+
+
+def write(root, files: dict) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+
+
+@pytest.fixture
+def llava_tree(tmp_path):
+    """LLaVA-1.5's ./playground/data: the 558K captions beside their images, the 665K mix at the top."""
+    root = tmp_path / "playground" / "data"
+    write(
+        root,
+        {
+            "LLaVA-Pretrain/images/00000/000000010.jpg": jpeg(),
+            "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json": [
+                {"id": "000000010", "image": "00000/000000010.jpg", "conversations": chat()}
+            ],
+            "coco/train2017/000000033471.jpg": jpeg(),
+            "gqa/images/2349510.jpg": jpeg(),
+            "llava_v1_5_mix665k.json": [
+                {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": chat()},
+                {"id": 2349510, "image": "gqa/images/2349510.jpg", "conversations": chat()},
+                {"id": "sharegpt-1", "conversations": chat(image=False)},
+            ],
+        },
+    )
+    return root
+
+
+def verify(*args, tmp_path) -> tuple[int, dict]:
+    report = tmp_path / "verify.json"
+    code = main(["verify", *args, "--report", str(report)])
+    return code, json.loads(report.read_text())
+
+
+def test_the_shipped_recipes_load_against_the_shipped_catalog():
+    recipes = load_recipes(catalog=CATALOG)
+    assert set(recipes) == {"mgllava", "llava-v1.5", "sharegpt4v", "allava"}
+    for recipe in recipes.values():
+        assert set(recipe.sources) <= set(CATALOG.sources)
+        assert all(t.contract in CONTRACTS for t in recipe.training)
+    assert set(recipes["mgllava"].sources) == set(CATALOG.sources)  # MG-LLaVA's corpus is the whole catalog
+
+
+def test_a_recipe_over_llava_1_5s_tree_is_ready_and_counts_text_only_samples_apart(llava_tree, tmp_path):
+    code, result = verify("--recipe", "llava-v1.5", "--root", str(llava_tree), tmp_path=tmp_path)
+    assert code == 0 and result["ready"]
+    pretrain, finetune = result["stages"]
+    assert (pretrain["contract"], pretrain["referenced"], pretrain["present"]) == ("llava-plain", 1, 1)
+    assert pretrain["by_prefix"]["LLaVA-Pretrain/images"]["source"] == "llava_pretrain"
+    assert (finetune["contract"], finetune["samples"], finetune["text_only"]) == ("llava-v1", 3, 1)
+    assert finetune["by_prefix"]["coco/train2017"]["source"] == "coco"
+
+
+def test_a_missing_image_makes_the_recipe_not_ready_and_names_its_source(llava_tree, tmp_path, capsys):
+    (llava_tree / "gqa/images/2349510.jpg").unlink()
+    code, result = verify("--recipe", "llava-v1.5", "--root", str(llava_tree), tmp_path=tmp_path)
+    assert code == 1 and not result["ready"]
+    finetune = result["stages"][1]
+    gqa = finetune["by_prefix"]["gqa/images"]
+    assert (gqa["source"], gqa["missing"]) == ("gqa", 1)
+    assert finetune["first_missing"] == ["gqa/images/2349510.jpg"]
+    assert "recipe llava-v1.5: not ready" in capsys.readouterr().out
+
+
+def test_an_absent_json_is_named_and_blocks_unless_its_stage_is_optional(tmp_path):
+    root = tmp_path / "ShareGPT4V"
+    mix = "data/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
+    write(
+        root,
+        {
+            "data/llava/llava_pretrain/images/00000/1.jpg": jpeg(),
+            mix: [
+                {"id": "1", "image": "llava/llava_pretrain/images/00000/1.jpg", "conversations": chat()},
+                {"id": "2", "image": "sam/images/sa_1.jpg", "conversations": chat()},
+            ],
+        },
+    )
+    code, result = verify("--recipe", "sharegpt4v", "--root", str(root), tmp_path=tmp_path)
+    finetune, pretrain = result["stages"]
+    assert pretrain["optional"] and not pretrain["checked"]  # the 1.2M-caption stage: absent, not required
+    # ShareGPT4V's llava/llava_pretrain folder is LLaVA-Pretrain's images; SAM is outside the catalog, and named
+    assert finetune["by_prefix"]["llava/llava_pretrain/images"]["source"] == "llava_pretrain"
+    assert finetune["by_prefix"]["sam/images"]["source"] is None
+    assert "sam_images_share-sft.zip" in finetune["by_prefix"]["sam/images"]["note"]
+    assert finetune["unprovided_prefixes"] == ["sam/images"]
+    assert code == 1 and not result["ready"]
+
+    (root / mix).unlink()
+    code, result = verify("--recipe", "sharegpt4v", "--root", str(root), tmp_path=tmp_path)
+    assert code == 1 and result["stages"][0]["files"][0]["status"] == "absent"
+
+
+def test_a_fifth_recipe_is_a_data_file(tmp_path):
+    (tmp_path / "tinyllava.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: tinyllava
+            title: TinyLLaVA
+            trainer: "LLaVA's LazySupervisedDataset"
+            data: .
+            sources: [coco, gqa]
+            training:
+              - {stage: finetune, json: mix.json, image_folder: ., contract: llava-v1, url: "https://example.org/mix.json"}
+            """
+        )
+    )
+    assert load_recipes(tmp_path, catalog=CATALOG)["tinyllava"].sources == ["coco", "gqa"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sources": ["coco", "sam"]}, "['sam'] are not in the catalog"),
+        ({"name": "other"}, "its file must be other.yaml"),
+        (
+            {
+                "training": [
+                    {"stage": "x", "json": "a.json", "image_folder": ".", "contract": "qwen", "url": "u"}
+                ]
+            },
+            "qwen",
+        ),
+        (
+            {"training": [{"stage": "x", "json": "a.json", "image_folder": ".", "contract": "llava-v1"}]},
+            "exactly one",
+        ),
+    ],
+)
+def test_a_recipe_that_contradicts_the_catalog_or_the_contracts_is_refused_with_its_file(
+    tmp_path, change, message
+):
+    raw = {
+        "name": "r",
+        "title": "R",
+        "trainer": "t",
+        "data": ".",
+        "sources": ["coco"],
+        "training": [
+            {"stage": "x", "json": "a.json", "image_folder": ".", "contract": "llava-v1", "url": "u"}
+        ],
+    } | change
+    (tmp_path / "r.yaml").write_text(json.dumps(raw))
+    with pytest.raises(RecipeError, match="r.yaml") as e:
+        load_recipes(tmp_path, catalog=CATALOG)
+    assert message in str(e.value)
+
+
+def test_verify_names_an_unknown_recipe_and_exits_2(tmp_path, capsys):
+    assert main(["verify", "--recipe", "llava-v9", "--root", str(tmp_path)]) == 2
+    assert "no recipe 'llava-v9'" in capsys.readouterr().err
