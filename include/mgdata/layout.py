@@ -105,7 +105,7 @@ def _sweep(root: Path, prefixes: list[str], wanted: set[str]) -> int:
         for dirpath, dirnames, names in os.walk(top, topdown=False):
             rel_dir = dirpath[cut:].replace(os.sep, "/")  # string work: this visits every file of the tree
             for name in names:
-                if f"{rel_dir}/{name}" not in wanted or is_temp(name):
+                if (f"{rel_dir}/{name}" if rel_dir else name) not in wanted or is_temp(name):
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1 - is_temp(name)
             for name in dirnames:
@@ -117,9 +117,14 @@ def _sweep(root: Path, prefixes: list[str], wanted: set[str]) -> int:
 
 
 def materialize(
-    store: Store, root: str | os.PathLike, files: list[tuple[str, int]], prefixes: list[str]
+    store: Store,
+    root: str | os.PathLike,
+    files: list[tuple[str, int]],
+    prefixes: list[str],
+    prefix: str = "data/",
 ) -> dict:
-    """Make `root/<path>` exist for every (path, size) in `files`; drop other files under `prefixes`.
+    """Make `root/<path>` exist for every (path, size) in `files` (store keys `prefix<path>`); drop other files
+    under `prefixes`.
 
     Safe to run again after a kill at any point: the tree is a function of `files`, every file is placed through
     a temp name and a rename, and the temp files of a killed run are swept with the stale files. What the
@@ -129,7 +134,7 @@ def materialize(
     wanted = {p for p, _ in files}
     removed = _sweep(root, prefixes, wanted)
     del wanted
-    outcome, skipped = _place_all(store, root, files)
+    outcome, skipped = _place_all(store, root, files, prefix)
     out = {"root": str(root), "files": len(files), "removed": removed, **outcome}
     if skipped:
         out["skipped_paths"] = skipped

@@ -80,6 +80,13 @@ class Recipe(_Model):
             path = path[len(data) + 1 :]
         return None if path in ("..", ".") or path.startswith("../") else path
 
+    def theirs(self, folder: str) -> str:
+        """One of our data/ folders, in the trainer's folder names (`layout`, read backwards)."""
+        for theirs, ours in self.layout.items():
+            if folder == ours or folder.startswith(ours + "/"):
+                return theirs + folder[len(ours) :]
+        return folder
+
     def ours(self, path: str) -> str:
         """A path under the trainer's data folder, in our data/ names (`layout`)."""
         for theirs, ours in self.layout.items():
@@ -145,3 +152,28 @@ def load_recipes(folder: str | Path = RECIPES_DIR, catalog: Catalog | None = Non
     if not recipes:
         raise CatalogError(f"no recipe in {folder}")
     return recipes
+
+
+def lay_out(store, recipe: Recipe, catalog: Catalog, root: str | Path) -> dict:
+    """The recipe's tree under `root` from the shared store: every usable image of its sources at the path its
+    trainer reads, `root/<data>/<its folder>/...`, in its own folder names.
+
+    From a local store every file is a hardlink to the store's object, so a store serving several recipes holds each
+    image's bytes once, whatever the number of trees; a tree is exact (files its sources' manifests no longer list are
+    removed) and re-running it places nothing that is already in place (`mgdata.layout.materialize`)."""
+    from mgdata import manifest
+    from mgdata.layout import add_outcome, materialize
+
+    data = Path(root) / recipe.data
+    outcome: dict = {"root": str(Path(root)), "files": 0}
+    for name in recipe.sources:
+        table = manifest.read_table(store, manifest.source_key(name), columns=["path", "bytes", "status"])
+        rows = manifest.usable(table) if table is not None else None
+        paths = rows["path"].to_pylist() if rows is not None else []
+        sizes = rows["bytes"].to_pylist() if rows is not None else []
+        for folder in catalog.sources[name].layout:
+            cut = len(folder) + 1
+            files = [(p[cut:], n) for p, n in zip(paths, sizes, strict=True) if p.startswith(folder + "/")]
+            placed = materialize(store, data / recipe.theirs(folder), files, [""], prefix=f"data/{folder}/")
+            add_outcome(outcome, placed)
+    return outcome

@@ -183,3 +183,48 @@ def test_a_recipe_that_contradicts_the_catalog_or_the_contracts_is_refused_with_
 def test_verify_names_an_unknown_recipe_and_exits_2(tmp_path, capsys):
     assert main(["verify", "--recipe", "llava-v9", "--root", str(tmp_path)]) == 2
     assert "no recipe 'llava-v9'" in capsys.readouterr().err
+
+
+def publish_source(store, name: str, images: dict[str, bytes]) -> None:
+    """A source as finalize leaves it: its objects under data/ and its manifest (usable rows)."""
+    from mgdata import manifest
+
+    rows = []
+    for path, data in images.items():
+        store.put_bytes(f"data/{path}", data)
+        rows.append({"path": path, "bytes": len(data), "status": "ok", "format": "JPEG", "run_id": "r"})
+    manifest.write_table(store, manifest.source_key(name), manifest.to_table(rows))
+
+
+def test_one_store_lays_out_each_recipes_tree_with_every_image_once(tmp_path):
+    from mgdata.recipes import lay_out
+    from mgdata.storage import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    publish_source(store, "llava_pretrain", {"LLaVA-Pretrain/images/00000/1.jpg": jpeg()})
+    publish_source(store, "coco", {"coco/train2017/1.jpg": jpeg(), "coco/train2017/2.jpg": jpeg()})
+    recipes = load_recipes(catalog=CATALOG)
+    trees = {name: tmp_path / "trees" / name for name in ("llava-v1.5", "sharegpt4v")}
+    outcomes = {name: lay_out(store, recipes[name], CATALOG, root) for name, root in trees.items()}
+
+    llava, share = trees["llava-v1.5"], trees["sharegpt4v"] / "data"
+    assert (llava / "LLaVA-Pretrain/images/00000/1.jpg").is_file() and (
+        llava / "coco/train2017/2.jpg"
+    ).is_file()
+    # ShareGPT4V reads LLaVA-Pretrain's images under its own folder name
+    assert (share / "llava/llava_pretrain/images/00000/1.jpg").is_file() and (
+        share / "coco/train2017/1.jpg"
+    ).is_file()
+    # every tree's file is a hardlink to the store's object: the bytes are held once
+    objects = {p.stat().st_ino for p in (tmp_path / "store" / "data").rglob("*.jpg")}
+    placed = {p.stat().st_ino for t in trees.values() for p in t.rglob("*.jpg")}
+    assert len(objects) == 3 and placed == objects
+    assert all(o["files"] == 3 and o.get("linked") == 3 for o in outcomes.values())
+
+    # laid out again: nothing placed; an image its manifest no longer lists leaves every tree
+    again = lay_out(store, recipes["sharegpt4v"], CATALOG, trees["sharegpt4v"])
+    assert again["unchanged"] == 3 and not again.get("linked")
+    publish_source(store, "coco", {"coco/train2017/1.jpg": jpeg()})
+    after = lay_out(store, recipes["llava-v1.5"], CATALOG, llava)
+    assert after["removed"] == 1 and not (llava / "coco/train2017/2.jpg").exists()
+    assert (llava / "coco/train2017/1.jpg").is_file()
