@@ -5,6 +5,7 @@ nothing half-done).
     python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json [--fast] [--report out.json]
     python -m mgdata verify --recipe llava-v1.5 --root playground/data [--fast] [--report out.json]
     python -m mgdata check [--source S ...] [--layout DIR] [--sizes-only]
+    python -m mgdata layout --recipe sharegpt4v --root ShareGPT4V/
 
 verify opens every referenced image and converts it as the trainer does (Pillow defaults, a thread pool, progress on a
 terminal); `--fast` only checks that each file exists, and its verdict says so. `--json` is read through MG-LLaVA's
@@ -16,6 +17,10 @@ catalog).
 
 check reads the store of `MGDATA_STORAGE` (and `MGDATA_S3_CONN_ID`), the layout of `MGDATA_LAYOUT_DIR` unless
 `--layout` says otherwise; exit status 0 when the invariant holds, 1 listing what is wrong, 2 unreadable.
+
+layout places a recipe's tree under `--root` from the same store: every usable image of its sources at the path its
+trainer reads, in its folder names (hardlinks from a local store: the bytes are held once whatever the number of
+trees), and names each training JSON that is not yet where `verify --recipe` looks for it in the tree.
 """
 
 from __future__ import annotations
@@ -77,7 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sizes-only", action="store_true", help="compare object sizes, not sha256 (no object is read)"
     )
+    layout = commands.add_parser(
+        "layout", help="lay out a recipe's tree from the store (its images, as it reads them)"
+    )
+    layout.add_argument("--recipe", required=True, help="the recipe (include/recipes/<name>.yaml)")
+    layout.add_argument(
+        "--root", required=True, type=Path, help="the trainer's tree to lay out (made if missing)"
+    )
     return parser
+
+
+def lay_out_recipe(args: argparse.Namespace) -> int:
+    from mgdata.recipes import lay_out
+
+    settings = Settings.from_env()
+    catalog = settings.load_catalog()
+    recipes = load_recipes(catalog=catalog)
+    if args.recipe not in recipes:
+        print(f"layout: no recipe {args.recipe!r}; the recipes are {sorted(recipes)}", file=sys.stderr)
+        return 2
+    recipe = recipes[args.recipe]
+    outcome = lay_out(settings.open_store(), recipe, catalog, args.root)
+    placed = ", ".join(
+        f"{outcome[k]:,} {k}"
+        for k in ("linked", "copied", "downloaded", "unchanged", "removed")
+        if outcome.get(k)
+    )
+    print(f"{recipe.name}: {outcome['files']:,} images under {args.root} ({placed or 'nothing to place'})")
+    for t in recipe.training:
+        where = args.root / t.json_path
+        if not where.is_file():
+            print(
+                f"  {t.stage}: put {t.json_path} there"
+                + (f" (from {t.url})" if t.url else f" (source {t.source})")
+            )
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -237,7 +276,8 @@ def summary(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return check(args) if args.command == "check" else verify(args)
+        commands = {"check": check, "verify": verify, "layout": lay_out_recipe}
+        return commands[args.command](args)
     except (OSError, AnnotationError, CatalogError, RecipeError, StoreError) as e:
         print(f"{args.command}: {e}", file=sys.stderr)
         return 2

@@ -228,3 +228,21 @@ def test_one_store_lays_out_each_recipes_tree_with_every_image_once(tmp_path):
     after = lay_out(store, recipes["llava-v1.5"], CATALOG, llava)
     assert after["removed"] == 1 and not (llava / "coco/train2017/2.jpg").exists()
     assert (llava / "coco/train2017/1.jpg").is_file()
+
+
+def test_the_layout_command_lays_out_a_recipe_from_the_configured_store_and_names_the_jsons_to_add(
+    tmp_path, monkeypatch, capsys
+):
+    from mgdata.storage import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    publish_source(store, "coco", {"coco/train2017/1.jpg": jpeg()})
+    monkeypatch.setenv("MGDATA_STORAGE", str(tmp_path / "store"))
+    monkeypatch.delenv("MGDATA_CATALOG", raising=False)
+    root = tmp_path / "playground" / "data"
+    assert main(["layout", "--recipe", "llava-v1.5", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert (root / "coco/train2017/1.jpg").is_file()
+    assert "llava-v1.5: 1 images" in out and "1 linked" in out
+    assert "put llava_v1_5_mix665k.json there (from https://huggingface.co/" in out
+    assert main(["layout", "--recipe", "nope", "--root", str(root)]) == 2
