@@ -1,6 +1,6 @@
-"""A JPEG's scaled decode gives the trainer's verdict: on every variant of the corruption corpus (jpeg_corpus.py),
-`check_image` calls the bytes invalid exactly when MG-LLaVA's `Image.open(path).convert('RGB')` raises, and gives the
-same reason category and size as a full-size decode."""
+"""A JPEG's scaled decode gives the trainer's verdict: on every variant of the corruption corpus
+(`offline_mirror.jpeg_corpus`), `check_image` calls the bytes invalid exactly when MG-LLaVA's
+`Image.open(path).convert('RGB')` raises, and gives the same reason category and size as a full-size decode."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections import Counter
 from io import BytesIO
 
 import pytest
-from jpeg_corpus import bases, corpus
 from PIL import Image
 
 from mgdata.images import _load_scaled, check_image
+from offline_mirror.jpeg_corpus import bases, corpus
 
 
 def trainer_opens(data: bytes) -> bool:

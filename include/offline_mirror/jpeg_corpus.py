@@ -1,4 +1,5 @@
-"""A corruption corpus of JPEGs: every flavour Pillow writes, damaged in every way a download or a disk damages one.
+"""A corruption corpus of JPEGs, for the tests and `bench.image_check`: every flavour Pillow writes, damaged in every way
+a download or a disk damages one.
 
 `corpus()` yields (name, bytes) pairs, deterministically (seeded): for each base JPEG (baseline at 4:2:0, 4:2:2 and
 4:4:4, progressive, optimised Huffman tables, greyscale, CMYK, restart markers, EXIF + ICC, an odd size, a large
@@ -40,7 +41,12 @@ def _photo(size: tuple[int, int], seed: int) -> Image.Image:
     w, h = size
     im = Image.linear_gradient("L").resize(size).convert("RGB")
     im = Image.merge(
-        "RGB", (im.getchannel(0), im.getchannel(0).rotate(90).resize(size), Image.effect_noise(size, 60))
+        "RGB",
+        (
+            im.getchannel(0),
+            im.getchannel(0).rotate(90).resize(size),
+            Image.frombytes("L", size, rng.randbytes(w * h)).point(lambda v: 64 + v // 2),
+        ),
     )
     draw = ImageDraw.Draw(im)
     for _ in range(12):
@@ -63,7 +69,11 @@ def bases() -> dict[str, bytes]:
     photo = _photo((96, 72), 1)
     odd = _photo((123, 77), 2)
     large = _photo((640, 480), 3)
-    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = bytes(
+        12
+    )  # the header's creation date, and the profile id over it: zero, so the corpus is fixed
+    icc[84:100] = bytes(16)
     exif = Image.Exif()
     exif[0x010F] = "camera"
     exif[0x0112] = 6  # orientation: Pillow ignores it on open, as the trainer does
@@ -80,7 +90,7 @@ def bases() -> dict[str, bytes]:
         "grayscale-progressive": _encode(photo.convert("L"), quality=85, progressive=True),
         "cmyk": _encode(photo.convert("CMYK"), quality=85),
         "restart-markers": _encode(photo, quality=85, restart_marker_blocks=3),
-        "exif-icc": _encode(photo, quality=85, exif=exif.tobytes(), icc_profile=icc),
+        "exif-icc": _encode(photo, quality=85, exif=exif.tobytes(), icc_profile=bytes(icc)),
         "odd-size": _encode(odd, quality=95),
         "large-baseline": _encode(large, quality=90),
         "large-progressive": _encode(large, quality=80, progressive=True),
