@@ -78,7 +78,8 @@ def llava_reads(sample, image_folder: str, version: str) -> str:
             sources = copy.deepcopy([e["conversations"] for e in sources])
         prompt = (preprocess_plain if version == "plain" else preprocess_v1)(sources)[0]
         features = [("image" if "image" in sample else "zeros")]  # one per sample: its image or the blank one
-        tokens = prompt.count(IMAGE)
+        # image tokens come from tokenizer_image_token: always under plain, under v1 only when has_image (438-447)
+        tokens = prompt.count(IMAGE) if version == "plain" or "image" in sample else 0
         if tokens == 0:
             return "degrades" if "image" in sample else "ok"  # features[0][0:0]: the image is dropped
         used = [features[i] for i in range(tokens)]  # IndexError past the batch's features
@@ -138,7 +139,7 @@ V1_CASES = {
         "crash",
     ),
     "an image sample without <image>": ({"image": "coco/a.jpg", "conversations": TEXT}, "degrades"),
-    "a text-only sample with <image>": ({"conversations": GOOD}, "degrades"),
+    "a text-only sample with <image>, tokenized as text": ({"conversations": GOOD}, "ok"),
 }
 
 PLAIN_CASES = {
@@ -151,6 +152,11 @@ PLAIN_CASES = {
     "no <image> in the first message": ({"image": "00000/1.jpg", "conversations": TEXT}, "crash"),
     "a text-only sample without <image>": ({"conversations": TEXT}, "crash"),
     "the image missing": ({"image": "00000/gone.jpg", "conversations": GOOD}, "crash"),
+    "a text-only sample with <image> first: the blank image": ({"conversations": GOOD}, "degrades"),
+    "<image> in the answer too": (
+        {"image": "00000/1.jpg", "conversations": chat(("human", "<image>"), ("gpt", "a <image>"))},
+        "crash",
+    ),
     "a second value that is null": (
         {"image": "00000/1.jpg", "conversations": chat(("human", "<image>"), ("gpt", None))},
         "crash",

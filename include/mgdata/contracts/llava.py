@@ -64,6 +64,17 @@ PLAIN_RULES: Rules = {
         "samples whose first message holds no <image>",
         f"{TRAIN}:596 assert DEFAULT_IMAGE_TOKEN in source[0]['value']",
     ),
+    "image_tokens": (
+        "crash",
+        "samples whose second message holds an <image>: one image, two features taken",
+        f"{TRAIN}:598,601 tokenizer_image_token over both messages; llava/model/llava_arch.py:256-261 "
+        "image_features[cur_image_idx] (IndexError, or the next sample's image)",
+    ),
+    "text_only_image_token": (
+        "degrades",
+        "text-only samples (no image key) that pass the <image> assertion: trained on the blank image",
+        f"{TRAIN}:735-738 torch.zeros(3, crop_size...); :601 tokenizer_image_token",
+    ),
 }
 
 V1_RULES: Rules = {
@@ -90,7 +101,7 @@ V1_RULES: Rules = {
     ),
     "image_tokens": (
         "crash",
-        "samples with <image> in more than one message: one image, several features taken",
+        "image samples with <image> in more than one message: one image, several features taken",
         f"{TRAIN}:316-327 one <image> per message; llava/model/llava_arch.py:256-261 image_features[cur_image_idx] "
         "(IndexError, or the next sample's image)",
     ),
@@ -98,11 +109,6 @@ V1_RULES: Rules = {
         "degrades",
         "image samples with no <image> in any message: the image is read, then dropped",
         "llava/model/llava_arch.py:234-240 cur_image_features[0:0]",
-    ),
-    "text_only_image_token": (
-        "degrades",
-        "text-only samples with an <image>: trained on the blank image",
-        f"{TRAIN}:735-738 torch.zeros(3, crop_size...)",
     ),
 }
 
@@ -142,6 +148,12 @@ def read_plain(raw: object) -> Sample:
         sample.problems.append("plain_turns")
     elif IMAGE_TOKEN not in messages[0]["value"]:
         sample.problems.append("plain_image_token")
+    elif IMAGE_TOKEN in messages[1]["value"]:
+        sample.problems.append(
+            "image_tokens"
+        )  # every prompt goes through tokenizer_image_token (train.py:601)
+    elif sample.text_only:
+        sample.problems.append("text_only_image_token")
     return sample
 
 
@@ -155,12 +167,12 @@ def read_v1(raw: object) -> Sample:
         sample.problems.append(problem)
     elif not any(m["value"].split() for m in messages):
         sample.problems.append("no_words")
+    if sample.text_only:  # tokenized without tokenizer_image_token (train.py:438-447): <image> is plain text
+        return sample
     tokens = sum(IMAGE_TOKEN in m["value"] for m in messages)
     if tokens > 1:
         sample.problems.append("image_tokens")
-    elif sample.text_only and tokens:
-        sample.problems.append("text_only_image_token")
-    elif not sample.text_only and not tokens:
+    elif not tokens:
         sample.problems.append("image_token_absent")
     return sample
 
