@@ -27,6 +27,7 @@ import re
 import sys
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -257,14 +258,12 @@ class Phases:
         """S3 requests per image member, per verb and phase (verbs no phase used are left out)."""
         used = [v for v in VERBS if any(c.verbs[v] for c in self.counts.values())]
         lines = [f"S3 requests per image ({images} image members), counted at the server side"]
-        lines.append(
-            f"{'phase':24}" + "".join(f"{v:>13}" for v in used) + f"{'all':>8}{'MB in':>8}{'MB out':>8}"
-        )
+        head = f"{'phase':24}" + "".join(f"{v:>8}" for v in used)
+        lines.append(head + f"{'all':>8}{'requests':>10}{'MB in':>8}{'MB out':>8}")
         for name, c in self.counts.items():
+            per_image = "".join(f"{c.verbs[v] / images:8.3f}" for v in used) + f"{c.requests / images:8.3f}"
             lines.append(
-                f"{name:24}"
-                + "".join(f"{c.verbs[v] / images:13.3f}" for v in used)
-                + f"{c.requests / images:8.3f}{c.bytes_in / 1e6:8.2f}{c.bytes_out / 1e6:8.2f}"
+                f"{name:24}{per_image}{c.requests:10}{c.bytes_in / 1e6:8.2f}{c.bytes_out / 1e6:8.2f}"
             )
         return "\n".join(lines)
 
@@ -308,6 +307,7 @@ def kill_worker_during(d: Deployment, run_id: str, task_id: str, timeout: float 
         if chosen:
             worker = chosen[0]["hostname"]
             d.kill_worker(worker)
+            print(f"SIGKILLed worker {worker} at {datetime.now(timezone.utc).isoformat()}")
             time.sleep(KILLED_FOR)
             d.start_worker(worker)
             return worker, [ti for ti in running if ti["hostname"] == worker]
