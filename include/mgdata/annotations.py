@@ -544,13 +544,15 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     usable: set[str] = set()
     quarantined: set[str] = set()
     skipped: dict[str, str] = {}
+    skipped_members: dict[str, dict] = {}  # per source: reason -> {count, first}
     for source in sources:
         table = manifest.read_table(store, manifest.source_key(source), columns=["path", "status"])
         if table is not None:
             usable.update(manifest.usable(table)["path"].to_pylist())
             # `missing` rows (dead URLs) have no file at all: missing, not broken
             quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
-        skipped.update(read_skipped(store, source)[0])
+        paths, skipped_members[source] = read_skipped(store, source)
+        skipped.update(paths)
     root = Path(layout_dir) if layout_dir else None
 
     def resolve(image: str) -> Status:
@@ -567,6 +569,7 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
         return "skipped" if path in skipped else "missing"
 
     resolve.skipped_reasons = skipped  # type: ignore[attr-defined]
+    resolve.skipped_members = skipped_members  # type: ignore[attr-defined]
     return resolve
 
 
@@ -602,14 +605,12 @@ def check_store(
 
     `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing."""
     resolve = store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
-    from mgdata.extract import read_skipped
-
     check = Check()
     for t in catalog.training:
         _check_declared(store, check, t, resolve)
     report = check.as_report(catalog, sources=sources)
-    members = {name: read_skipped(store, name)[1] for name in catalog.sources}
-    report["skipped_members"] = {name: r for name, r in members.items() if r}
+    # the skip records the resolver read (one listing per source, not a second one here)
+    report["skipped_members"] = {name: r for name, r in resolve.skipped_members.items() if r}
     return report
 
 

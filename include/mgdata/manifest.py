@@ -114,9 +114,12 @@ def write_table(store: Store, key: str, table: pa.Table) -> None:
 
 
 def read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.Table | None:
-    if store.stat(key) is None:
+    """The table at `key`, None when there is no such object: one stat, whose answer the reader reuses (on S3 the
+    version its ranged GETs ask for)."""
+    info = store.stat(key)
+    if info is None:
         return None
-    with store.open_seekable(key) as f:
+    with store.open_seekable(key, info) as f:
         return pq.read_table(f, schema=SCHEMA, columns=columns)
 
 

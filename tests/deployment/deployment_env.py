@@ -84,6 +84,9 @@ def airflow_environment(endpoints: Endpoints) -> dict[str, str]:
         "AIRFLOW__CORE__FERNET_KEY": endpoints.fernet_key,
         "AIRFLOW__API__BASE_URL": endpoints.api_base_url,
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "true",
+        # A task whose worker died stops heartbeating (every 5 s): after 30 s (default 300) the scheduler fails that
+        # try and the task's own retries run it again on a live worker.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{endpoints.admin_user}:{ADMIN_ROLE}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": endpoints.passwords_file,

@@ -246,8 +246,8 @@ class Deployment:
             with conn.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{self.database}"')
         self._database_created = True
-        self._run("migrate", [AIRFLOW, "db", "migrate"])
-        self._run("pools", [AIRFLOW, "pools", "import", str(ROOT / POOLS_FILE)])
+        self.run("migrate", [AIRFLOW, "db", "migrate"])
+        self.run("pools", [AIRFLOW, "pools", "import", str(ROOT / POOLS_FILE)])
         Path(self.endpoints.passwords_file).write_text(f'{{"{ADMIN}": "{self.admin_password}"}}\n')
 
     def start(self, timeout: float = 300) -> None:
@@ -256,22 +256,51 @@ class Deployment:
         self._spawn("dag-processor", COMPONENTS["airflow-dag-processor"])
         self._spawn("triggerer", COMPONENTS["airflow-triggerer"])
         for name in self.workers:
-            self._spawn(
-                f"worker-{name}",
-                [*COMPONENTS["airflow-worker"], "--celery-hostname", f"{name}@%h"]
-                + ["--concurrency", str(self.concurrency)],
-                # Two workers on one machine: each serves its logs on its own port and names itself.
-                AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
-                AIRFLOW__CORE__HOSTNAME_CALLABLE="worker_hostname.hostname",
-                MGDATA_WORKER_HOSTNAME=name,
-                PYTHONPATH=str(Path(__file__).parent),
-            )
+            self._spawn_worker(name)
         deadline = time.monotonic() + timeout
         self._wait(deadline, "api-server", lambda: self._get_ok(f"{self.base_url}/api/v2/monitor/health"))
         self._wait(deadline, "scheduler", lambda: self._get_ok(f"http://127.0.0.1:{self.health_port}/health"))
         for name in self.workers:
-            log = self.logs / f"worker-{name}.log"
-            self._wait(deadline, f"worker {name}", lambda log=log, name=name: _celery_ready(log, name))
+            self._wait_worker(deadline, name)
+
+    def kill_worker(self, name: str) -> list[int]:
+        """SIGKILL Celery worker `name` at once, with every process it started (its pool and the task processes):
+        a machine or container lost mid-task. Its log is kept as `worker-<name>.killed.log`. Returns the pids."""
+        (worker,) = [c for c in self.components if c.name == f"worker-{name}"]
+        pids = sorted(set(self._processes_of_worker(name)) | {worker.popen.pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.popen.pid, signal.SIGKILL)
+        for pid in pids:  # any that left the group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        worker.popen.wait()
+        self.components.remove(worker)
+        worker.log.rename(worker.log.with_suffix(".killed.log"))
+        return pids
+
+    def start_worker(self, name: str, timeout: float = 120) -> None:
+        """Start worker `name` again (after `kill_worker`) and wait until it consumes from the broker."""
+        self._spawn_worker(name)
+        self._wait_worker(time.monotonic() + timeout, name)
+
+    def _spawn_worker(self, name: str) -> None:
+        self._spawn(
+            f"worker-{name}",
+            [*COMPONENTS["airflow-worker"], "--celery-hostname", f"{name}@%h"]
+            + ["--concurrency", str(self.concurrency)],
+            # Two workers on one machine: each serves its logs on its own port and names itself.
+            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+            AIRFLOW__CORE__HOSTNAME_CALLABLE="worker_hostname.hostname",
+            MGDATA_WORKER_HOSTNAME=name,
+            PYTHONPATH=str(Path(__file__).parent),
+        )
+
+    def _wait_worker(self, deadline: float, name: str) -> None:
+        log = self.logs / f"worker-{name}.log"
+        self._wait(deadline, f"worker {name}", lambda: _celery_ready(log, name))
+
+    def _processes_of_worker(self, name: str) -> list[int]:
+        return self._processes_with(f"{MARKER}={self.id}".encode(), f"MGDATA_WORKER_HOSTNAME={name}".encode())
 
     def stop(self) -> None:
         """End every process this deployment started, then drop its database and its Redis keys."""
@@ -303,13 +332,18 @@ class Deployment:
 
     def stragglers(self) -> list[int]:
         """Live processes whose environment carries this deployment's marker."""
+        return self._processes_with(f"{MARKER}={self.id}".encode())
+
+    @staticmethod
+    def _processes_with(*variables: bytes) -> list[int]:
+        """Live processes (not this one) whose environment holds every one of `variables` (b"NAME=value")."""
         found = []
-        needle = f"{MARKER}={self.id}".encode()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                environ = set((proc / "environ").read_bytes().split(b"\0"))
+                if environ.issuperset(variables):
                     found.append(int(proc.name))
         return found
 
@@ -366,7 +400,9 @@ class Deployment:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
-    def _run(self, name: str, cmd: list[str]) -> None:
+    def run(self, name: str, cmd: list[str]) -> str:
+        """Run `cmd` to its end with the deployment's environment (a CLI beside the components); its output, or
+        AssertionError with it when it fails."""
         log = self.logs / f"{name}.log"
         with log.open("w") as out:
             done = subprocess.run(
@@ -379,6 +415,7 @@ class Deployment:
             )
         if done.returncode:
             raise AssertionError(f"{' '.join(cmd[1:])} failed:\n{log.read_text()[-4000:]}")
+        return log.read_text()
 
     def _spawn(self, name: str, args: list[str], **extra_env: str) -> None:
         log = self.logs / f"{name}.log"

@@ -87,8 +87,9 @@ class Store(ABC):
         """A forward-only stream of bytes [start, end) of an object (end exclusive, None = to the end)."""
 
     @abstractmethod
-    def open_seekable(self, key: str) -> BinaryIO:
-        """A seekable reader (for a zip's central directory); remote backends read by byte ranges."""
+    def open_seekable(self, key: str, info: ObjectInfo | None = None) -> BinaryIO:
+        """A seekable reader (for a zip's central directory); remote backends read by byte ranges. `info`: what
+        `stat(key)` just said, so a remote backend need not ask again."""
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_range(key) as f:

@@ -204,7 +204,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise StoreError(f"no object {self.describe(key)}") from None
 
-    def open_seekable(self, key: str) -> BinaryIO:
+    def open_seekable(self, key: str, info: ObjectInfo | None = None) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
         except FileNotFoundError:

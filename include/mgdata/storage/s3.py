@@ -108,10 +108,10 @@ class S3Store(Store):
                 ) from e.__cause__
             raise
 
-    def open_seekable(self, key: str) -> BinaryIO:
+    def open_seekable(self, key: str, info: ObjectInfo | None = None) -> BinaryIO:
         """Ranged reads of one version: each GET carries the ETag seen first, so an object replaced meanwhile (a
         manifest a finalize republishes) fails cleanly instead of mixing two versions' bytes."""
-        info = self.stat(key)
+        info = info or self.stat(key)
         if info is None:
             raise StoreError(f"no object {self.describe(key)}")
         return io.BufferedReader(_S3RangeReader(self, key, info.size, info.etag), 1 * MiB)

@@ -1,0 +1,259 @@
+"""S3 on loopback in its own process, and a reverse proxy in front of it that counts every request by verb.
+
+`moto_server(port)` starts moto's console script (`moto_server`, the server ThreadedMotoServer runs, outside the test's
+interpreter) and returns once it answers. `S3Counter(upstream)` listens on another loopback port and forwards each
+request unchanged (path-style, headers and body as sent, so signatures and presigned URLs stay valid) to `upstream`;
+it classifies each one with `classify` and counts requests, request body bytes (in) and response body bytes (out).
+`snapshot()` freezes the counters; the difference of two snapshots is what the store was asked between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+# The verbs, in table order. MPU_*: the multipart calls (Create `POST ?uploads`, UploadPart `PUT ?partNumber&uploadId`,
+# Complete `POST ?uploadId`, Abort `DELETE ?uploadId`). LIST: ListObjects(V2) and ListMultipartUploads on a bucket.
+VERBS = (
+    "PUT",
+    "GET",
+    "HEAD",
+    "LIST",
+    "MPU_CREATE",
+    "MPU_PART",
+    "MPU_COMPLETE",
+    "MPU_ABORT",
+    "DELETE",
+    "COPY",
+    "OTHER",
+)
+WRITES = ("PUT", "COPY", "MPU_CREATE")  # the requests that create an object (counted per area too)
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+def classify(method: str, path: str, query: dict[str, list[str]], headers) -> str:
+    """The S3 operation of a path-style request, as one of VERBS."""
+    on_bucket = "/" not in unquote(path).strip("/")  # "/bucket" or "/bucket/": no key
+    if method == "PUT":
+        if "partNumber" in query and "uploadId" in query:
+            return "MPU_PART"
+        if on_bucket:
+            return "OTHER"  # CreateBucket and bucket settings
+        return "COPY" if "x-amz-copy-source" in headers else "PUT"
+    if method == "GET":
+        if on_bucket:
+            listing = {"list-type", "prefix", "uploads", "delimiter", "continuation-token"} & set(query)
+            return "LIST" if listing or not query else "OTHER"
+        return "OTHER" if "uploadId" in query else "GET"
+    if method == "HEAD":
+        return "HEAD"
+    if method == "POST":
+        if "uploads" in query:
+            return "MPU_CREATE"
+        if "uploadId" in query:
+            return "MPU_COMPLETE"
+        return "DELETE" if "delete" in query else "OTHER"
+    if method == "DELETE":
+        return "MPU_ABORT" if "uploadId" in query else "DELETE"
+    return "OTHER"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Requests per (verb, area), the area being the first key segment under the counter's prefix ("data", "runs",
+    ...; a bucket-wide request has the area ""); request and response body bytes."""
+
+    areas: Counter = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def __sub__(self, earlier: Counts) -> Counts:
+        return Counts(
+            self.areas - earlier.areas, self.bytes_in - earlier.bytes_in, self.bytes_out - earlier.bytes_out
+        )
+
+    @property
+    def verbs(self) -> Counter:
+        out: Counter = Counter()
+        for (verb, _), n in self.areas.items():
+            out[verb] += n
+        return out
+
+    @property
+    def written(self) -> Counter:
+        """Objects created per area (PutObject, CopyObject, CreateMultipartUpload)."""
+        out: Counter = Counter()
+        for (verb, area), n in self.areas.items():
+            if verb in WRITES:
+                out[area] += n
+        return out
+
+    @property
+    def requests(self) -> int:
+        return sum(self.areas.values())
+
+    @property
+    def multipart(self) -> int:
+        return sum(n for verb, n in self.verbs.items() if verb.startswith("MPU_"))
+
+
+class S3Counter:
+    """A counting reverse proxy on 127.0.0.1 in front of the S3 endpoint `upstream` (http://host:port)."""
+
+    def __init__(self, upstream: str, *, area_prefix: str = "/"):
+        self.upstream = urlsplit(upstream).netloc
+        self.area_prefix = (
+            area_prefix  # e.g. "/bucket/store/": writes are counted per next segment ("data", ...)
+        )
+        self._lock = threading.Lock()
+        self._areas: Counter = Counter()
+        self._bytes = [0, 0]
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-counter", daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> S3Counter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self) -> Counts:
+        with self._lock:
+            return Counts(Counter(self._areas), *self._bytes)
+
+    def record(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
+        area = self.area(path, parse_qs(query).get("prefix", [""])[0])
+        with self._lock:
+            self._areas[verb, area] += 1
+            self._bytes[0] += bytes_in
+            self._bytes[1] += bytes_out
+
+    def area(self, path: str, list_prefix: str = "") -> str:
+        """The first key segment under `area_prefix` of the object `path` names, or of a listing's prefix."""
+        key = unquote(path)
+        if list_prefix:
+            key = key.rstrip("/") + "/" + list_prefix
+        if not key.startswith(self.area_prefix):
+            return ""
+        return key[len(self.area_prefix) :].split("/", 1)[0]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        counter = self
+
+        class Handler(_ForwardingHandler):
+            def forwarded(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
+                counter.record(verb, path, query, bytes_in, bytes_out)
+
+            def connection_to_upstream(self) -> http.client.HTTPConnection:
+                return http.client.HTTPConnection(counter.upstream, timeout=120)
+
+        return Handler
+
+
+class _ForwardingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
+
+    def forwarded(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
+        raise NotImplementedError
+
+    def connection_to_upstream(self) -> http.client.HTTPConnection:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        super().finish()
+        if getattr(self, "_conn", None) is not None:
+            self._conn.close()
+
+    def log_message(self, format, *args) -> None:  # quiet: botocore retries show up in the counts instead
+        pass
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+    def _forward(self) -> None:
+        split = urlsplit(self.path)
+        query = parse_qs(split.query, keep_blank_values=True)
+        verb = classify(self.command, split.path, query, self.headers)
+        body = self._body()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if body or self.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        status, reason, answer_headers, answer = self._upstream(headers, body)
+        self.send_response_only(status, reason)
+        for k, v in answer_headers:
+            if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                self.send_header(k, v)
+        length = dict((k.lower(), v) for k, v in answer_headers).get("content-length")
+        self.send_header("Content-Length", length if self.command == "HEAD" and length else str(len(answer)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(answer)
+        self.forwarded(verb, split.path, split.query, len(body), len(answer))
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _upstream(self, headers: dict, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        """Send the request upstream on this connection's own keep-alive connection (one new attempt if it broke)."""
+        for attempt in (1, 2):
+            conn = getattr(self, "_conn", None) or self.connection_to_upstream()
+            self._conn = conn
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.reason, resp.getheaders(), resp.read()
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def moto_server(port: int, timeout: float = 30) -> subprocess.Popen:
+    """moto's S3 server in its own process on 127.0.0.1:`port`; returns once it answers."""
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"moto_server did not answer on port {port} in {timeout} s")

@@ -1,0 +1,85 @@
+"""The counting S3 proxy the deployment test measures with: boto3 calls through it to a real `moto_server` process
+reach the store unchanged and are counted as the S3 operations they are, with their body bytes."""
+
+from __future__ import annotations
+
+import pytest
+from processes import free_port
+from s3_counter import S3Counter, moto_server
+
+from mgdata.storage import open_store, s3_client
+
+BUCKET = "counted"
+
+
+@pytest.fixture(scope="module")
+def proxied():
+    port = free_port()
+    server = moto_server(port)
+    counter = S3Counter(f"http://127.0.0.1:{port}", area_prefix=f"/{BUCKET}/").start()
+    client = s3_client(
+        endpoint_url=counter.endpoint,
+        aws_access_key_id="counter",
+        aws_secret_access_key="counter",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield counter, client
+    counter.stop()
+    server.terminate()
+    server.wait()
+
+
+def test_each_s3_operation_is_counted_as_its_verb(proxied):
+    counter, client = proxied
+    before = counter.snapshot()
+    client.put_object(Bucket=BUCKET, Key="data/a.jpg", Body=b"x" * 1000)
+    assert client.get_object(Bucket=BUCKET, Key="data/a.jpg")["Body"].read() == b"x" * 1000
+    client.head_object(Bucket=BUCKET, Key="data/a.jpg")
+    client.list_objects_v2(Bucket=BUCKET, Prefix="data/")
+    client.copy_object(Bucket=BUCKET, Key="raw/b.jpg", CopySource={"Bucket": BUCKET, "Key": "data/a.jpg"})
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key="raw/big")["UploadId"]
+    part = client.upload_part(Bucket=BUCKET, Key="raw/big", UploadId=upload, PartNumber=1, Body=b"p" * 500)
+    client.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key="raw/big",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    dropped = client.create_multipart_upload(Bucket=BUCKET, Key="raw/dropped")["UploadId"]
+    client.abort_multipart_upload(Bucket=BUCKET, Key="raw/dropped", UploadId=dropped)
+    assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    client.delete_object(Bucket=BUCKET, Key="raw/b.jpg")
+    client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "raw/big"}]})
+    seen = counter.snapshot() - before
+
+    assert dict(seen.verbs) == {
+        "PUT": 1,
+        "GET": 1,
+        "HEAD": 1,
+        "LIST": 2,
+        "COPY": 1,
+        "MPU_CREATE": 2,
+        "MPU_PART": 1,
+        "MPU_COMPLETE": 1,
+        "MPU_ABORT": 1,
+        "DELETE": 2,
+    }
+    assert dict(seen.written) == {"data": 1, "raw": 3}
+    assert seen.areas["LIST", "data"] == 1 and seen.areas["LIST", ""] == 1  # objects under data/, uploads
+    assert seen.bytes_in >= 1500  # the PutObject's and the part's bodies, plus the XML of Complete and Delete
+    assert seen.bytes_out >= 1000  # the GetObject's body, plus the XML answers
+
+
+def test_the_store_reads_back_what_it_wrote_through_the_proxy(proxied):
+    """Presigned PUTs, ranged reads and large bodies pass unchanged."""
+    counter, client = proxied
+    store = open_store(f"s3://{BUCKET}/store", client=client)
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    before = counter.snapshot()
+    store.put_bytes("data/blob.bin", blob)
+    with store.open_range("data/blob.bin") as body:
+        assert body.read() == blob
+    seen = counter.snapshot() - before
+    assert seen.verbs["PUT"] == 1 and seen.bytes_in >= len(blob) and seen.bytes_out >= len(blob)
+    assert store.read_bytes("data/blob.bin") == blob
