@@ -198,6 +198,8 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         status, reason, answer_headers, answer = self._upstream(headers, body)
+        # counted before the answer goes out: a client that has its answer finds the request in the counts
+        self.forwarded(verb, split.path, split.query, len(body), len(answer))
         self.send_response_only(status, reason)
         for k, v in answer_headers:
             if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
@@ -207,7 +209,6 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(answer)
-        self.forwarded(verb, split.path, split.query, len(body), len(answer))
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
