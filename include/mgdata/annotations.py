@@ -7,7 +7,8 @@ that code crashes or silently trains on less is a *rule* here; every rule is cou
 ids or paths, and `ready` means no rule fired. Samples xtuner drops before reading any image (no human→gpt turn) are
 counted, and neither their image nor their boxes are required.
 
-Both JSONs are streamed (ijson, C backend) one sample or entry at a time: memory is bounded by what must be kept (the
+Both JSONs are streamed (`jsonstream`: read as `json.load` reads them, one sample or entry at a time, by the standard
+library's C scanner): memory is bounded by what must be kept (the
 usable paths from the manifests, one bbox JSON's keys).
 """
 
@@ -21,11 +22,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO, Literal
 
-import ijson
-
 from mgdata.catalog import Catalog, TrainingFile
+from mgdata.jsonstream import StreamError, array_items, object_items
 
 Status = Literal["present", "missing", "broken", "skipped"]
 Resolver = Callable[[str], Status]  # the JSON's `image` string as written -> its status under data/
@@ -144,8 +145,18 @@ class AnnotationError(ValueError):
     """A training or bbox JSON cannot be read at all (not JSON, not an array); the message names the file."""
 
 
+def _plain(image: str) -> bool:
+    """A relative path that `posixpath.normpath` leaves as it is (no empty, `.` or `..` part, no trailing slash): what
+    nearly every training JSON holds, told apart by a few string scans instead of a normpath per image."""
+    return (
+        bool(image) and image[0] not in "/." and image[-1] != "/" and "//" not in image and "/." not in image
+    )
+
+
 def data_relative(image: str) -> str | None:
     """Where `os.path.join(data, image)` lands, relative to data/, or None outside it (absolute, or `..` above it)."""
+    if _plain(image):
+        return image
     if image.startswith("/"):
         return None  # os.path.join drops data/ for an absolute second argument
     path = posixpath.normpath(image)
@@ -153,8 +164,13 @@ def data_relative(image: str) -> str | None:
 
 
 def prefix_of(image: str) -> str:
+    """The first two parts of the path under data/ (`coco/train2017`), or OUTSIDE."""
     rel = data_relative(image)
-    return OUTSIDE if rel is None else "/".join(rel.split("/")[:2])
+    if rel is None:
+        return OUTSIDE
+    first = rel.find("/")
+    second = rel.find("/", first + 1) if first >= 0 else -1
+    return rel if second < 0 else rel[:second]
 
 
 # ------------------------------------------------------------------------------------------------ streaming helpers
@@ -187,9 +203,9 @@ def _first_token(stream: BinaryIO, label: str) -> tuple[bytes, _Prepend]:
 def _items(stream: BinaryIO, label: str, *, allow_object: bool = False) -> tuple[str, Iterator]:
     token, stream = _first_token(stream, label)
     if token == b"[":
-        return "list", ijson.items(stream, "item", use_float=True)
+        return "list", array_items(stream)
     if token == b"{" and allow_object:
-        return "dict", ijson.kvitems(stream, "", use_float=True)
+        return "dict", object_items(stream)
     raise AnnotationError(f"{label}: expected a JSON array{' or object' if allow_object else ''}")
 
 
@@ -211,8 +227,8 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
     """
     if not isinstance(entry, dict):
         return "boxes_malformed", "entry is not an object"
-    missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
-    if missing:
+    if "boxes" not in entry or "scores" not in entry or "labels" not in entry:
+        missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
         return "boxes_malformed", f"no {', '.join(missing)}"
     boxes, scores, labels = entry["boxes"], entry["scores"], entry["labels"]
     # Plain loops over exact types (JSON gives list, dict, str, int, float, bool, None): this runs for every entry
@@ -317,7 +333,7 @@ class Boxes:
                     out.malformed.pop(
                         key, None
                     )  # a later entry with the same id wins, as in the dict comprehension
-        except ijson.JSONError as e:
+        except StreamError as e:
             raise AnnotationError(f"{label}: not valid JSON ({e})") from None
         return out
 
@@ -325,7 +341,7 @@ class Boxes:
 # ------------------------------------------------------------------------------------------------ one sample
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """What the check needs of one training sample, as the trainer will see it."""
 
@@ -353,34 +369,40 @@ def read_sample(raw: object) -> Sample:
     image = raw.get("image")
     if image and not isinstance(image, str):
         problems.append("image_not_string")
-    turns, conv_problem = _turns(raw.get("conversations"))
+    tokens, conv_problem = _turns(raw.get("conversations"))
     if conv_problem:
         problems.append(conv_problem)
-    dropped = conv_problem is None and turns == []
-    if conv_problem is None and any(i.count(IMAGE_TOKEN) > 1 for i in turns or []):
+        return Sample(key, id_type, image, problems, False)
+    if tokens and max(tokens) > 1:
         problems.append("image_tokens")
-    return Sample(key, id_type, image, problems, dropped)
+    return Sample(key, id_type, image, problems, not tokens)
 
 
-def _turns(messages: object) -> tuple[list[str] | None, str | None]:
-    """llava_map_fn: the input of each human->gpt turn (with `<image>` already collapsed per message), or a rule."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+def _turns(messages: object) -> tuple[list[int] | None, str | None]:
+    """llava_map_fn: for each human->gpt turn, how many `<image>` its input holds (llava_map_fn removes every
+    `<image>` of a human message and puts one back in front, so one per human message that has any), or a rule."""
+    if not isinstance(messages, list):
         return None, "conversations_invalid"
-    while messages and messages[0].get("from") == "gpt":
-        messages = messages[1:]
-    inputs, current = [], ""
     for m in messages:
-        if m.get("from") not in ROLES:
-            return None, "role_invalid"
-        if not isinstance(m.get("value"), str):
+        if not isinstance(m, dict):
             return None, "conversations_invalid"
-        if m["from"] == "human":
-            # llava_map_fn removes every <image> of a message and puts one back in front
-            current += (IMAGE_TOKEN if IMAGE_TOKEN in m["value"] else "") + "\n"
+    start = 0
+    while start < len(messages) and messages[start].get("from") == "gpt":
+        start += 1
+    tokens, current = [], 0
+    for m in messages[start:] if start else messages:
+        role = m.get("from")
+        if role not in ROLES:
+            return None, "role_invalid"
+        value = m.get("value")
+        if not isinstance(value, str):
+            return None, "conversations_invalid"
+        if role == "human":
+            current += IMAGE_TOKEN in value
         else:
-            inputs.append(current)
-            current = ""
-    return inputs, None
+            tokens.append(current)
+            current = 0
+    return tokens, None
 
 
 def _column_kept(first: object) -> bool:
@@ -415,9 +437,17 @@ class PrefixCounts:
 
     def add(self, path: str, status: Status) -> None:
         self.referenced += 1
+        if status == "present":
+            self.present += 1
+            return
         setattr(self, status, getattr(self, status) + 1)
         if status != "present" and len(self.first_missing) < LISTED_PER_PREFIX:
             self.first_missing.append(path)
+
+    def merge(self, later: PrefixCounts) -> None:
+        for status in ("referenced", "present", "missing", "broken", "skipped"):
+            setattr(self, status, getattr(self, status) + getattr(later, status))
+        self.first_missing += later.first_missing[: max(0, LISTED_PER_PREFIX - len(self.first_missing))]
 
 
 _RESOLVED_RULE = {"missing": "image_missing", "broken": "image_broken", "skipped": "image_skipped"}
@@ -530,7 +560,7 @@ class Check:
                         settle(image, status.result() if isinstance(status, Future) else status)
                     if self.progress and own["samples"] % 1000 == 0:
                         self.progress(self.samples + own["samples"], own["referenced"])
-            except ijson.JSONError as e:
+            except StreamError as e:
                 raise AnnotationError(f"{name}: not valid JSON ({e})") from None
             while pending:
                 image, status = pending.popleft()
@@ -541,7 +571,8 @@ class Check:
         if not column and image_samples:
             own_findings["image_column_dropped"] = image_samples
             self.findings["image_column_dropped"].count += image_samples
-            self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
+            if len(self.findings["image_column_dropped"].first) < LISTED:
+                self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
         own["ids_without_boxes"] = own_findings["boxes_missing"]
         own["findings"] = {r: n for r, n in own_findings.items() if n}
         own["box_entries"] = len(box.keys) if box is not None else None
@@ -552,6 +583,27 @@ class Check:
         if self.progress:
             self.progress(self.samples, own["referenced"])
         return own
+
+    def merge(self, later: Check) -> None:
+        """Take in `later`'s files as if this check had gone on to check them itself: counts add up, and the first
+        offending paths and ids stay the first LISTED overall, this check's before `later`'s."""
+        for rule, finding in later.findings.items():
+            mine = self.findings[rule]
+            mine.count += finding.count
+            mine.first += finding.first[: max(0, LISTED - len(mine.first))]
+        for prefix, counts in later.prefixes.items():
+            self.prefixes.setdefault(prefix, PrefixCounts()).merge(counts)
+        for mine, theirs in (
+            (self.first_missing, later.first_missing),
+            (self.first_broken, later.first_broken),
+        ):
+            mine += theirs[: max(0, LISTED - len(mine))]
+        for image, reason in later.skipped_reasons.items():
+            if len(self.skipped_reasons) < LISTED:
+                self.skipped_reasons[image] = reason
+        self.samples += later.samples
+        self.text_only += later.text_only
+        self.files += later.files
 
     def absent(self, name: str, boxes_name: str | None, *, optional: bool, why: str) -> None:
         self.files.append(
@@ -715,12 +767,12 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
 
 def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Resolver:
     """Status of an image in a local data/ folder, joined as the trainer joins it; `decode`: opened as it opens it."""
-    root = os.fspath(data_dir)
+    base = os.path.join(os.fspath(data_dir), "")  # with its trailing slash ("" stays "")
 
     def resolve(image: str) -> Status:
-        path = os.path.join(root, image)
+        path = image if image.startswith("/") else base + image  # os.path.join(data_dir, image), inlined
         try:
-            if not os.path.isfile(path):
+            if not S_ISREG(os.stat(path).st_mode):  # os.path.isfile, inlined: one call per image
                 return "missing"
         except (OSError, ValueError):
             return "missing"
