@@ -1,11 +1,13 @@
 """`python -m mgdata verify`: MG-LLaVA's reading contract checked against any local data/ folder and training JSON.
 `python -m mgdata check`: the store's invariant (manifests, objects, reports, layout agree; nothing half-done).
 
-    python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json [--fast] [--report out.json]
+    python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json
+        [--json instruct.json --boxes instruct_only_box.json ...] [--fast] [--report out.json]
     python -m mgdata check [--source S ...] [--layout DIR] [--sizes-only]
 
 verify opens every referenced image and converts it as the trainer does (Pillow defaults, a thread pool, progress on a
-terminal); `--fast` only checks that each file exists, and its verdict says so. Exit status: 0 ready to train, 1 not
+terminal); `--fast` only checks that each file exists, and its verdict says so. Several JSONs (each `--json` with the
+`--boxes` given with it, in order) are checked at once, one process per JSON up to the cores, into one report. Exit status: 0 ready to train, 1 not
 ready (a contract finding: missing or unreadable images, bad samples, missing or malformed boxes), 2 the input could
 not be read. Prefixes are named with the catalog source that provides them (`MGDATA_CATALOG`, else the shipped
 catalog).
@@ -21,11 +23,12 @@ import json
 import os
 import sys
 import time
-import warnings
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from mgdata.annotations import AnnotationError, Check, folder_resolver
+from mgdata.annotations import AnnotationError
 from mgdata.catalog import CatalogError, load_catalog
+from mgdata.local_check import Options, Pair, check_pairs, ignore_bomb_warnings
 from mgdata.settings import Settings
 from mgdata.storage import StoreError
 
@@ -42,8 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--data", required=True, type=Path, help="the data/ folder the trainer reads (image_folder)"
     )
-    verify.add_argument("--json", required=True, type=Path, help="a LLaVA-style training JSON")
-    verify.add_argument("--boxes", type=Path, help="the bbox JSON every image sample needs an entry in")
+    verify.add_argument(
+        "--json",
+        required=True,
+        action="append",
+        type=Path,
+        help="a LLaVA-style training JSON (repeatable: checked at once, one process per JSON up to the cores)",
+    )
+    verify.add_argument(
+        "--boxes",
+        action="append",
+        type=Path,
+        help="the bbox JSON every image sample needs an entry in (one per --json, in the same order, or none)",
+    )
     verify.add_argument(
         "--fast", action="store_true", help="existence only: do not open the images (not the verdict)"
     )
@@ -108,20 +122,19 @@ def verify(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         print(f"verify: --data {args.data} is not a directory", file=sys.stderr)
         return 2
+    if args.boxes and len(args.boxes) != len(args.json):
+        print(
+            f"verify: {len(args.boxes)} --boxes for {len(args.json)} --json: give one per JSON",
+            file=sys.stderr,
+        )
+        return 2
     catalog = load_catalog(Settings.from_env().catalog)
-    from PIL import Image
-
-    # the trainer opens these too (Pillow raises only above twice the threshold): not worth a line per image
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    ignore_bomb_warnings()
     progress = _progress()
-    check = Check(workers=1 if args.fast else max(1, args.threads), progress=progress)
-    resolve = folder_resolver(args.data, decode=not args.fast)
-    with open(args.json, "rb") as samples:
-        if args.boxes is None:
-            check.check_file(str(args.json), samples, resolve)
-        else:
-            with open(args.boxes, "rb") as boxes:
-                check.check_file(str(args.json), samples, resolve, boxes_name=str(args.boxes), boxes=boxes)
+    boxes = args.boxes or [None] * len(args.json)
+    pairs = [Pair(str(j), str(b) if b else None) for j, b in zip(args.json, boxes, strict=True)]
+    options = Options(str(args.data), decode=not args.fast, threads=args.threads)
+    check = check_pairs(pairs, options, progress=progress)
     if progress:
         sys.stderr.write("\n")
     result = check.as_report(catalog)
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return check(args) if args.command == "check" else verify(args)
     except (OSError, AnnotationError, CatalogError, StoreError) as e:
         print(f"{args.command}: {e}", file=sys.stderr)
+        return 2
+    except BrokenProcessPool as e:
+        print(f"{args.command}: a worker process died ({e})", file=sys.stderr)
         return 2
 
 
