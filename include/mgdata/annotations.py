@@ -235,16 +235,23 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
     # of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
     if type(boxes) is not list:
         return "boxes_malformed", "boxes are not rows of 4 numbers"
-    for b in boxes:
+    numbers, not_numbers = _NUMBER_TYPES, -1  # the first row with a coordinate torch.tensor does not take
+    for i, b in enumerate(boxes):
         if type(b) is not list or len(b) != 4:
             return "boxes_malformed", "boxes are not rows of 4 numbers"
-    for i, b in enumerate(boxes):
-        j = _first_non_number(b)
-        if j >= 0:
-            return (
-                "box_coordinates_invalid",
-                f"boxes[{i}][{j}] is {_json_kind(b[j])}: torch.tensor(boxes) fails",
-            )
+        if not_numbers < 0 and not (
+            type(b[0]) in numbers
+            and type(b[1]) in numbers
+            and type(b[2]) in numbers
+            and type(b[3]) in numbers
+        ):
+            not_numbers = i
+    if not_numbers >= 0:
+        j = _first_non_number(boxes[not_numbers])
+        return (
+            "box_coordinates_invalid",
+            f"boxes[{not_numbers}][{j}] is {_json_kind(boxes[not_numbers][j])}: torch.tensor(boxes) fails",
+        )
     if type(scores) is not list or len(scores) != len(boxes):
         return (
             "boxes_malformed",
@@ -329,10 +336,8 @@ class Boxes:
                 problem = _box_problem(entry)
                 if problem:
                     out.malformed[key] = problem
-                else:
-                    out.malformed.pop(
-                        key, None
-                    )  # a later entry with the same id wins, as in the dict comprehension
+                elif out.malformed:  # a later entry with the same id wins, as in the dict comprehension
+                    out.malformed.pop(key, None)
         except StreamError as e:
             raise AnnotationError(f"{label}: not valid JSON ({e})") from None
         return out

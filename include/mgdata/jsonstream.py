@@ -76,6 +76,17 @@ class _Text:
 
     def value(self) -> object:
         """The JSON value at the cursor (after `peek`), the cursor after it."""
+        try:  # the common case, in one call: a value well inside the text read
+            value, end = _scan(self.buf, self.pos)
+            if end + NUMBER_LOOKAHEAD < len(self.buf):
+                self.pos = end
+                return value
+        except (StopIteration, ValueError, RecursionError):
+            pass
+        return self._value_at_the_edge()
+
+    def _value_at_the_edge(self) -> object:
+        """The value at the cursor when it failed to parse or ended near the end of the text read."""
         while True:
             try:
                 value, end = _scan(self.buf, self.pos)
@@ -98,6 +109,22 @@ class _Text:
         """After a failed parse: read more if the value may only have been cut off by the end of the text read."""
         return len(self.buf) - self.pos <= LONGEST and self.more()
 
+    def closes(self, closing: str) -> bool:
+        """After a value: True when `closing` follows (the cursor after it), False after a comma (the cursor on the
+        next value)."""
+        buf, pos = self.buf, self.pos
+        if pos + 2 < len(buf) and buf[pos] == ",":  # the common case: "," or ", " then the next value
+            pos += 1
+            if buf[pos] in " \t\n\r":
+                pos = _WHITESPACE.match(buf, pos).end()
+            if pos < len(buf):
+                self.pos = pos
+                return False
+        if self.expect(",", closing) == closing:
+            return True
+        self.peek()
+        return False
+
     def end(self) -> None:
         if self.peek():
             raise self.error("extra data after the JSON value")
@@ -105,7 +132,7 @@ class _Text:
 
 def array_items(stream: BinaryIO) -> Iterator[object]:
     """The elements of the JSON array that is the whole of `stream`."""
-    return _each(stream, "[", "]", _element)
+    return _each(stream, "[", "]", _Text.value)
 
 
 def object_items(stream: BinaryIO) -> Iterator[tuple[str, object]]:
@@ -121,14 +148,9 @@ def _each(stream: BinaryIO, opening: str, closing: str, read: Callable[[_Text], 
     else:
         while True:
             yield read(text)
-            if text.expect(",", closing) == closing:
+            if text.closes(closing):
                 break
     text.end()
-
-
-def _element(text: _Text) -> object:
-    text.peek()
-    return text.value()
 
 
 def _member(text: _Text) -> tuple[str, object]:
