@@ -235,22 +235,21 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
     # of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
     if type(boxes) is not list:
         return "boxes_malformed", "boxes are not rows of 4 numbers"
-    numbers, not_numbers = _NUMBER_TYPES, -1  # the first row with a coordinate torch.tensor does not take
-    for i, b in enumerate(boxes):
+    numbers, coordinates_ok = _NUMBER_TYPES, True
+    for b in boxes:
         if type(b) is not list or len(b) != 4:
             return "boxes_malformed", "boxes are not rows of 4 numbers"
-        if not_numbers < 0 and not (
+        coordinates_ok = coordinates_ok and (
             type(b[0]) in numbers
             and type(b[1]) in numbers
             and type(b[2]) in numbers
             and type(b[3]) in numbers
-        ):
-            not_numbers = i
-    if not_numbers >= 0:
-        j = _first_non_number(boxes[not_numbers])
+        )
+    if not coordinates_ok:
+        i, j = next((i, j) for i, b in enumerate(boxes) if (j := _first_non_number(b)) >= 0)
         return (
             "box_coordinates_invalid",
-            f"boxes[{not_numbers}][{j}] is {_json_kind(boxes[not_numbers][j])}: torch.tensor(boxes) fails",
+            f"boxes[{i}][{j}] is {_json_kind(boxes[i][j])}: torch.tensor(boxes) fails",
         )
     if type(scores) is not list or len(scores) != len(boxes):
         return (
@@ -262,14 +261,16 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
             "boxes_malformed",
             f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes",
         )
-    for i, label in enumerate(labels):
+    for label in labels:
         if type(label) not in _HASHABLE_JSON and not _hashable(label):
+            i = next(i for i, x in enumerate(labels) if x is label)  # this one: any earlier would have failed
             return "box_labels_unhashable", f"labels[{i}] is {_json_kind(label)}: set(labels) fails"
     fractional = False
-    for j, v in enumerate(scores):
+    for v in scores:
         if type(v) is float:
             fractional = True
         elif type(v) not in _NUMBER_TYPES:
+            j = next(j for j, x in enumerate(scores) if x is v)
             return "box_scores_invalid", f"scores[{j}] is {_json_kind(v)}: torch.tensor(scores) fails"
     if scores and not fractional:
         kind = "bool" if all(type(s) is bool for s in scores) else "int64"
@@ -514,7 +515,11 @@ class Check:
         def settle(image: str, status: Status) -> None:
             own["referenced"] += 1
             own[status] += 1
-            self.prefixes.setdefault(prefix_of(image), PrefixCounts()).add(image, status)
+            prefix = prefix_of(image)
+            counts = self.prefixes.get(prefix)
+            if counts is None:
+                counts = self.prefixes[prefix] = PrefixCounts()
+            counts.add(image, status)
             if status != "present":
                 hit(_RESOLVED_RULE[status], image)
                 listed = self.first_broken if status == "broken" else self.first_missing
@@ -524,7 +529,7 @@ class Check:
                 if status == "skipped" and reason and len(self.skipped_reasons) < LISTED:
                     self.skipped_reasons[image] = reason
 
-        pending: deque[tuple[str, Future | Status]] = deque()
+        pending: deque[tuple[str, Future]] = deque()
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         first_type: str | None = None
         column = True
@@ -537,7 +542,7 @@ class Check:
                     own["samples"] += 1
                     if index == 0:
                         column = _column_kept(raw)
-                    where = f"#{index}" if s.id_type is None else s.label
+                    where = (f"#{index}" if s.id_type is None else s.label) if s.problems or s.dropped else ""
                     for rule in s.problems:
                         hit(rule, where)
                     if s.id_type is not None:
@@ -559,17 +564,20 @@ class Check:
                             rule, reason = box.malformed[key]
                             hit(rule, f"{s.label}: {reason}")
                     image = s.image
-                    pending.append((image, pool.submit(resolve, image) if pool else resolve(image)))
-                    while len(pending) > (4 * self.workers if pool else 0):
-                        image, status = pending.popleft()
-                        settle(image, status.result() if isinstance(status, Future) else status)
+                    if pool is None:
+                        settle(image, resolve(image))
+                    else:  # taken in sample order, a few ahead
+                        pending.append((image, pool.submit(resolve, image)))
+                        while len(pending) > 4 * self.workers:
+                            image, status = pending.popleft()
+                            settle(image, status.result())
                     if self.progress and own["samples"] % 1000 == 0:
                         self.progress(self.samples + own["samples"], own["referenced"])
             except StreamError as e:
                 raise AnnotationError(f"{name}: not valid JSON ({e})") from None
             while pending:
                 image, status = pending.popleft()
-                settle(image, status.result() if isinstance(status, Future) else status)
+                settle(image, status.result())
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
