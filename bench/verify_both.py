@@ -1,6 +1,6 @@
 """`python -m mgdata verify --fast` over MG-LLaVA's two training JSONs at their full sample counts, on 2 cores.
 
-    .venv/bin/python -m bench.verify_both [--scale 1] [--work DIR] [--mgdata DIR]
+    .venv/bin/python -m bench.verify_both [--scale 1] [--rounds 3] [--work DIR] [--mgdata DIR]
 
 Builds (once per scale, kept in `--work`) the pretrain and instruct JSONs at 1,266K and 1,383K samples x scale through
 the rehearsal mirror's generator (`offline_mirror.rehearsal.build_training_jsons`: the real files' shape, int and str
@@ -10,7 +10,8 @@ file exists, so empty files give it the work it does on the real tree; the bench
 image is the DAG's `verify` task, in the rehearsal's stage table).
 
 Then times, in child processes, each JSON checked by its own `verify --fast` command one after the other, and both
-checked by one command (one process per JSON), and compares their verdicts. Peak RSS is each command's own
+checked by one command (one process per JSON), `--rounds` times interleaved (median and minimum, as the machine is
+shared), and compares each file's part of the reports. Peak RSS is each command's own
 (`RUSAGE_SELF`) and its worker processes' (`RUSAGE_CHILDREN`, the largest of them). `--mgdata DIR` runs the commands
 with DIR (a folder holding another checkout's `mgdata` package) first on the path, to compare two versions.
 """
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import loadavg
+from bench.common import interleaved, loadavg, min_median
 from offline_mirror import rehearsal, training_json
 
 # images per layout prefix in the full corpus (offline_mirror.rehearsal's archives)
@@ -160,35 +161,54 @@ def comparable(report: dict) -> dict:
     return {**report, "files": [{k: v for k, v in f.items() if k != "seconds"} for f in report["files"]]}
 
 
-def run(scale: float = 1.0, work: Path | None = None, mgdata: Path | None = None) -> list[dict]:
+def run(
+    scale: float = 1.0, work: Path | None = None, mgdata: Path | None = None, rounds: int = 3
+) -> list[dict]:
+    """Both ways, `rounds` times interleaved (`bench.common.interleaved`): min and median wall seconds."""
     root = build(work or WORK, scale)
     built = json.loads((root / "built.json").read_text())
     setup = (
         f"{' + '.join(f'{n:,}' for n in built['samples'].values())} samples, {built['files']:,} empty image files"
         + (f", mgdata from {mgdata}" if mgdata else "")
     )
-    in_turn = [timed(verify_args(root, (n,)), root / f"report-{i}.json", mgdata) for i, n in enumerate(NAMES)]
+    last: dict[str, list[dict]] = {}
+
+    def in_turn() -> None:
+        last["in turn"] = [
+            timed(verify_args(root, (n,)), root / f"report-{i}.json", mgdata) for i, n in enumerate(NAMES)
+        ]
+
+    def at_once() -> None:
+        last["at once"] = [timed(verify_args(root, NAMES), root / "report-both.json", mgdata)]
+
+    times = interleaved({"in turn": in_turn, "at once": at_once}, rounds)
+    alone = [comparable(r["report"])["files"][0] for r in last["in turn"]]
+    both = last["at once"][0]
     rows = [
         {
             "tool": "verify --fast, one command per JSON, in turn",
-            "seconds": round(sum(r["seconds"] for r in in_turn), 1),
-            "each s": " + ".join(str(r["seconds"]) for r in in_turn),
-            "peak RSS MB": max(r["self_mb"] for r in in_turn),
-            "load": loadavg(),
-            "setup": setup,
-        }
+            **_seconds(times["in turn"]),
+            "peak RSS MB": max(r["self_mb"] for r in last["in turn"]),
+        },
+        {"tool": "verify --fast, both JSONs in one command", **_seconds(times["at once"])},
     ]
-    at_once = timed(verify_args(root, NAMES), root / "report-both.json", mgdata)
-    files = comparable(at_once["report"])["files"]
-    row = {"tool": "verify --fast, both JSONs in one command", "seconds": at_once["seconds"]}
+    files = comparable(both["report"])["files"]
     if len(files) != len(NAMES):  # a version whose --json is not repeatable checks only the last
-        row["note"] = f"this version checked {len(files)} of the {len(NAMES)} JSONs"
+        rows[1]["note"] = f"this version checked {len(files)} of the {len(NAMES)} JSONs"
     else:
-        row["peak RSS MB"] = f"{at_once['self_mb']} parent, {at_once['workers_mb']} largest worker"
-        row["same files as in turn"] = files == [comparable(r["report"])["files"][0] for r in in_turn]
-        row["ready"] = at_once["report"]["ready"]
-    rows.append(row | {"load": loadavg(), "setup": setup})
-    return rows
+        rows[1]["peak RSS MB"] = f"{both['self_mb']} parent, {both['workers_mb']} largest worker"
+        rows[1]["same files as in turn"] = files == alone
+        rows[1]["ready"] = both["report"]["ready"]
+    return [row | {"load": loadavg(), "setup": setup} for row in rows]
+
+
+def _seconds(times: list[float]) -> dict:
+    low, median = min_median(times)
+    return {
+        "seconds": round(median, 1),
+        "min s": round(low, 1),
+        "each s": ", ".join(f"{t:.1f}" for t in times),
+    }
 
 
 def main() -> None:
@@ -199,9 +219,10 @@ def main() -> None:
     ap.add_argument(
         "--work", type=Path, default=WORK, help="where the inputs are kept (built once per scale)"
     )
+    ap.add_argument("--rounds", type=int, default=3, help="times each way is run, interleaved")
     ap.add_argument("--mgdata", type=Path, help="a folder holding another mgdata package, to time that one")
     args = ap.parse_args()
-    for row in run(args.scale, args.work, args.mgdata):
+    for row in run(args.scale, args.work, args.mgdata, args.rounds):
         print(json.dumps(row), flush=True)
 
 

@@ -1,15 +1,14 @@
 """`verify`'s check of training JSONs on local disk against a data/ folder: one process per JSON when there are several.
 
 MG-LLaVA trains from two JSONs (pretrain and instruct, 1.3M samples each, each with its bbox JSON). Checked one after
-the other they take one core; here each pair is checked by `check_pair` in a process of its own (spawned: nothing of
-the parent's state is shared, on every platform), at most one per core, and the outcomes are merged in the order the
-files were given (`Check.merge`). The report is the one a single process checking them one after the other writes,
-the per-file `seconds` aside. A file that cannot be read fails the check with its own error, naming it, as it would one
-after the other: when several fail, the first in the given order is the one reported. A worker that dies (killed, out
-of memory) raises `BrokenProcessPool`.
+the other they take one core; here the first pair is checked by `check_pair` in this process while the others are
+checked in worker processes (spawned: nothing of the parent's state is shared, on every platform), one process per
+core in all, and the outcomes are merged in the order the files were given (`Check.merge`). The report is the one a
+single process checking them one after the other writes, the per-file `seconds` aside. A file that cannot be read
+fails the check with its own error, naming it, as it would one after the other: when several fail, the first in the
+given order is the one reported. A worker that dies (killed, out of memory) raises `BrokenProcessPool`.
 
-Memory: each process streams its own pair, so the peak is each worker's (one bbox JSON's keys) side by side, plus a
-parent that only waits.
+Memory: each process streams its own pair, so the peak is each process's (one bbox JSON's keys) side by side.
 """
 
 from __future__ import annotations
@@ -77,12 +76,14 @@ def check_pairs(
     context = multiprocessing.get_context("spawn")
     counters = context.RawArray("q", 2 * len(pairs)) if progress else None
     with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_start_worker, initargs=(counters,)
+        processes - 1, mp_context=context, initializer=_start_worker, initargs=(counters,)
     ) as pool:
-        futures = [pool.submit(_check_in_worker, i, pair, options) for i, pair in enumerate(pairs)]
+        futures = [pool.submit(_check_in_worker, i, pair, options) for i, pair in enumerate(pairs) if i]
+        first = _new_check(options, _reporter(counters, 0, progress) if progress else None)
+        check_pair(first, pairs[0], options)  # this process takes the first pair: one spawn fewer
         while progress and wait(futures, timeout=0.5).not_done:
             progress(sum(counters[0::2]), sum(counters[1::2]))
-        checks = [f.result() for f in futures]  # the first failed file's error, in the given order
+        checks = [first] + [f.result() for f in futures]  # the first failed file's error, in the given order
     merged = checks[0]
     for later in checks[1:]:
         merged.merge(later)
@@ -102,11 +103,19 @@ def _start_worker(counters) -> None:
     ignore_bomb_warnings()
 
 
-def _check_in_worker(index: int, pair: Pair, options: Options) -> Check:
-    def progress(samples: int, images: int) -> None:
-        _counters[2 * index], _counters[2 * index + 1] = samples, images
+def _reporter(counters, index: int, show: Progress | None = None) -> Progress:
+    """Progress into file `index`'s slots of the shared counters (and, in the parent, shown over every file)."""
 
-    check = _new_check(options, progress if _counters is not None else None)
+    def report(samples: int, images: int) -> None:
+        counters[2 * index], counters[2 * index + 1] = samples, images
+        if show:
+            show(sum(counters[0::2]), sum(counters[1::2]))
+
+    return report
+
+
+def _check_in_worker(index: int, pair: Pair, options: Options) -> Check:
+    check = _new_check(options, _reporter(_counters, index) if _counters is not None else None)
     check_pair(check, pair, options)
     check.progress = None  # a closure does not travel back to the parent
     return check
