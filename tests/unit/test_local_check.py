@@ -108,6 +108,13 @@ def test_a_file_a_worker_cannot_read_is_named_in_a_plain_error(pairs, tmp_path):
     assert broken.stderr.startswith(f"verify: {bad}: not valid JSON"), broken.stderr
     assert "Traceback" not in broken.stderr
 
+    # the first JSON (checked by the command's own process) failing as well: the first in the given order is named
+    first = tmp_path / "first.json"
+    first.write_bytes(b'[{"id": "\xff"}]')
+    both_bad = verify(tmp_path, [Pair(str(first), pairs[0].boxes), pairs[1]])
+    assert both_bad.returncode == 2 and "Traceback" not in both_bad.stderr
+    assert both_bad.stderr.startswith(f"verify: {first}: not valid JSON (not UTF-8"), both_bad.stderr
+
     absent = Pair(str(tmp_path / "nope.json"), pairs[0].boxes)
     missing = verify(tmp_path, [pairs[0], absent])
     assert missing.returncode == 2 and "nope.json" in missing.stderr and "Traceback" not in missing.stderr
