@@ -1,6 +1,7 @@
 """Run every benchmark against its peer tool, in one process run, and print one Markdown table.
 
-    .venv/bin/python -m bench [--only large_fetch,archive_ingest,image_check,s3_small,urllist_vs_img2dataset,bookkeeping,refresh]
+    .venv/bin/python -m bench [--only large_fetch,archive_ingest,image_check,s3_small,urllist_vs_img2dataset,bookkeeping,
+        refresh,verify_both]
 
 Each module's `run()` uses its default sizes (see its docstring) and runs every peer at its best flags interleaved
 with ours, 3 rounds, reporting min and median; the whole set takes about 25 minutes on 2 cores. The peers it needs
@@ -26,6 +27,7 @@ BENCHMARKS = [
     "urllist_vs_img2dataset",
     "bookkeeping",
     "refresh",
+    "verify_both",
 ]
 
 

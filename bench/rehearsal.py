@@ -293,27 +293,28 @@ def audit_times(d: LocalDeployment, run_id: str) -> dict:
 
 
 def verify_times(store_root: Path, layout: Path) -> dict:
-    """`python -m mgdata verify --fast` over each training JSON: wall and peak RSS of the existence check (the issue's
-    goal). The verdict's own check, which opens every image as the trainer does, is the DAG's `verify` task: its
-    time and memory are in the stage table."""
-    out = {}
+    """`python -m mgdata verify --fast` over both training JSONs in one command (one process per JSON): wall and
+    peak RSS of the existence check (the parent's and its largest worker's). The verdict's own check, which opens
+    every image as the trainer does, is the DAG's `verify` task: its time and memory are in the stage table."""
+    cmd = [sys.executable, "-m", "mgdata", "verify", "--fast", "--data", str(layout)]
+    names = []
     for json_file in sorted((store_root / "annotations" / "train_json").glob("*.json")):
         boxes = store_root / "annotations" / "bbox_json" / "train" / (json_file.stem + "_only_box.json")
-        cmd = [sys.executable, "-m", "mgdata", "verify", "--fast", "--data", str(layout)]
-        cmd += ["--json", str(json_file)]
-        cmd += ["--boxes", str(boxes)] if boxes.is_file() else []
-        began = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        output = proc.stdout.read().decode(errors="replace")
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out[json_file.name] = {
+        cmd += ["--json", str(json_file), "--boxes", str(boxes)]
+        names.append(json_file.name)
+    began = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        " + ".join(names): {
             "seconds": round(time.monotonic() - began, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024),
             "exit": proc.returncode,
             "verdict": next((line for line in output.splitlines() if "ready" in line), output[-300:]),
         }
-    return out
+    }
 
 
 # --- checks ---------------------------------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 or a whole recipe's tree. `python -m mgdata check`: the store's invariant (manifests, objects, reports, layout agree;
 nothing half-done).
 
-    python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json [--fast] [--report out.json]
+    python -m mgdata verify --data data/ --json pretrain.json --boxes pretrain_only_box.json
+        [--json instruct.json --boxes instruct_only_box.json ...] [--contract C] [--fast] [--report out.json]
     python -m mgdata verify --recipe llava-v1.5 --root playground/data [--fast] [--report out.json]
     python -m mgdata check [--source S ...] [--layout DIR] [--sizes-only]
     python -m mgdata layout --recipe sharegpt4v --root ShareGPT4V/
 
 verify opens every referenced image and converts it as the trainer does (Pillow defaults, a thread pool, progress on a
-terminal); `--fast` only checks that each file exists, and its verdict says so. `--json` is read through MG-LLaVA's
-contract unless `--contract` names another; `--recipe` reads each of the recipe's JSONs where its launch scripts put
-them under `--root`, through the contract the recipe names, and the recipe is ready when every stage is. Exit status: 0 ready to train, 1 not
+terminal); `--fast` only checks that each file exists, and its verdict says so. Several JSONs (each `--json` with the
+`--boxes` given with it, in order) are checked at once, one process per JSON up to the cores, into one report, read
+through MG-LLaVA's contract unless `--contract` names another. `--recipe` reads each of the recipe's JSONs where its
+launch scripts put them under `--root`, through the contract the recipe names, and the recipe is ready when every
+stage is. Exit status: 0 ready to train, 1 not
 ready (a contract finding: missing or unreadable images, bad samples, missing or malformed boxes), 2 the input could
 not be read. Prefixes are named with the catalog source that provides them (`MGDATA_CATALOG`, else the shipped
 catalog).
@@ -30,12 +33,13 @@ import json
 import os
 import sys
 import time
-import warnings
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from mgdata.annotations import AnnotationError, Check, folder_resolver
+from mgdata.annotations import AnnotationError
 from mgdata.catalog import CatalogError, load_catalog
 from mgdata.contracts import CONTRACTS
+from mgdata.local_check import Options, Pair, check_pair, check_pairs, ignore_bomb_warnings, new_check
 from mgdata.recipes import RecipeCatalog, RecipeError, load_recipes
 from mgdata.settings import Settings
 from mgdata.storage import StoreError
@@ -53,8 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check training JSONs against their trainer's reading contract"
     )
     verify.add_argument("--data", type=Path, help="the data/ folder the trainer reads (image_folder)")
-    verify.add_argument("--json", type=Path, help="a LLaVA-style training JSON")
-    verify.add_argument("--boxes", type=Path, help="the bbox JSON every image sample needs an entry in")
+    verify.add_argument(
+        "--json",
+        action="append",
+        type=Path,
+        help="a LLaVA-style training JSON (repeatable: checked at once, one process per JSON up to the cores)",
+    )
+    verify.add_argument(
+        "--boxes",
+        action="append",
+        type=Path,
+        help="the bbox JSON every image sample needs an entry in (one per --json, in the same order, or none)",
+    )
     verify.add_argument(
         "--contract", choices=sorted(CONTRACTS), default="mgllava", help="the trainer --json is read by"
     )
@@ -159,15 +173,27 @@ def _progress(stream=sys.stderr):
 def verify(args: argparse.Namespace) -> int:
     if args.recipe:
         return verify_recipe(args)
-    if args.data is None or args.json is None:
+    if args.data is None or not args.json:
         print("verify: give --data and --json, or --recipe and --root", file=sys.stderr)
         return 2
     if not args.data.is_dir():
         print(f"verify: --data {args.data} is not a directory", file=sys.stderr)
         return 2
+    if args.boxes and len(args.boxes) != len(args.json):
+        print(
+            f"verify: {len(args.boxes)} --boxes for {len(args.json)} --json: give one per JSON",
+            file=sys.stderr,
+        )
+        return 2
     catalog = load_catalog(Settings.from_env().catalog)
-    check = _check(args, CONTRACTS[args.contract])
-    _check_json(check, args.json, args.boxes, folder_resolver(args.data, decode=not args.fast))
+    ignore_bomb_warnings()
+    progress = _progress()
+    boxes = args.boxes or [None] * len(args.json)
+    pairs = [Pair(str(j), str(b) if b else None) for j, b in zip(args.json, boxes, strict=True)]
+    options = Options(str(args.data), decode=not args.fast, threads=args.threads, contract=args.contract)
+    check = check_pairs(pairs, options, progress=progress)
+    if progress:
+        sys.stderr.write("\n")
     return _conclude(args, _result(args, check.as_report(catalog)), summary)
 
 
@@ -180,11 +206,13 @@ def verify_recipe(args: argparse.Namespace) -> int:
     if args.root is None or not args.root.is_dir():
         print(f"verify: --root {args.root} is not a directory (the trainer's tree)", file=sys.stderr)
         return 2
+    ignore_bomb_warnings()
     recipe = recipes[args.recipe]
     stages = []
     for t in recipe.training:
         view = RecipeCatalog(recipe, catalog, t.image_folder)
-        check = _check(args, CONTRACTS[t.contract], image_prefix=view.prefix)
+        options = Options(str(args.root / t.image_folder), not args.fast, args.threads, t.contract)
+        check = new_check(options, _progress(), image_prefix=view.prefix)
         samples, boxes = args.root / t.json_path, args.root / t.boxes if t.boxes else None
         if not samples.is_file():
             check.absent(str(samples), t.boxes, optional=t.optional, why="not in the tree")
@@ -193,34 +221,14 @@ def verify_recipe(args: argparse.Namespace) -> int:
                 str(samples), str(boxes), optional=t.optional, why=f"its bbox JSON {boxes} is not there"
             )
         else:
-            _check_json(
-                check, samples, boxes, folder_resolver(args.root / t.image_folder, decode=not args.fast)
-            )
+            check_pair(check, Pair(str(samples), str(boxes) if boxes else None), options)
+            if check.progress:
+                sys.stderr.write("\n")
         stages.append({"stage": t.stage, "optional": t.optional, **_result(args, check.as_report(view))})
     needed = [s for s in stages if not (s["optional"] and not s["checked"])]
     ready = all(s["ready"] for s in needed)
     result = {"recipe": recipe.name, "trainer": recipe.trainer, "ready": ready, "stages": stages}
     return _conclude(args, result, recipe_summary)
-
-
-def _check(args: argparse.Namespace, contract, **options) -> Check:
-    from PIL import Image
-
-    # the trainer opens these too (Pillow raises only above twice the threshold): not worth a line per image
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    workers = 1 if args.fast else max(1, args.threads)
-    return Check(workers=workers, progress=_progress(), contract=contract, **options)
-
-
-def _check_json(check: Check, samples: Path, boxes: Path | None, resolve) -> None:
-    with open(samples, "rb") as s:
-        if boxes is None:
-            check.check_file(str(samples), s, resolve)
-        else:
-            with open(boxes, "rb") as b:
-                check.check_file(str(samples), s, resolve, boxes_name=str(boxes), boxes=b)
-    if check.progress:
-        sys.stderr.write("\n")
 
 
 def _result(args: argparse.Namespace, result: dict) -> dict:
@@ -280,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (OSError, AnnotationError, CatalogError, RecipeError, StoreError) as e:
         print(f"{args.command}: {e}", file=sys.stderr)
+        return 2
+    except BrokenProcessPool as e:
+        print(f"{args.command}: a worker process died ({e})", file=sys.stderr)
         return 2
 
 

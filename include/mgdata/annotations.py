@@ -7,7 +7,8 @@ bbox JSON where the contract needs one, and counts every rule per file with its 
 means no rule fired. Samples the trainer drops before reading any image are counted, and neither their image nor their
 boxes are required.
 
-Both JSONs are streamed (ijson, C backend) one sample or entry at a time: memory is bounded by what must be kept (the
+Both JSONs are streamed (`jsonstream`: read as `json.load` reads them, one sample or entry at a time, by the standard
+library's C scanner): memory is bounded by what must be kept (the
 usable paths from the manifests, one bbox JSON's keys).
 """
 
@@ -21,12 +22,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO, Literal
-
-import ijson
 
 from mgdata.catalog import Catalog, TrainingFile
 from mgdata.contracts import MGLLAVA, Contract
+from mgdata.jsonstream import StreamError, array_items, object_items
 
 Status = Literal["present", "missing", "broken", "skipped"]
 Resolver = Callable[[str], Status]  # the JSON's `image` string as written -> its status under data/
@@ -41,8 +42,18 @@ class AnnotationError(ValueError):
     """A training or bbox JSON cannot be read at all (not JSON, not an array); the message names the file."""
 
 
+def _plain(image: str) -> bool:
+    """A relative path that `posixpath.normpath` leaves as it is (no empty, `.` or `..` part, no trailing slash): what
+    nearly every training JSON holds, told apart by a few string scans instead of a normpath per image."""
+    return (
+        bool(image) and image[0] not in "/." and image[-1] != "/" and "//" not in image and "/." not in image
+    )
+
+
 def data_relative(image: str) -> str | None:
     """Where `os.path.join(data, image)` lands, relative to data/, or None outside it (absolute, or `..` above it)."""
+    if _plain(image):
+        return image
     if image.startswith("/"):
         return None  # os.path.join drops data/ for an absolute second argument
     path = posixpath.normpath(image)
@@ -50,8 +61,13 @@ def data_relative(image: str) -> str | None:
 
 
 def prefix_of(image: str) -> str:
+    """The first two parts of the path under data/ (`coco/train2017`), or OUTSIDE."""
     rel = data_relative(image)
-    return OUTSIDE if rel is None else "/".join(rel.split("/")[:2])
+    if rel is None:
+        return OUTSIDE
+    first = rel.find("/")
+    second = rel.find("/", first + 1) if first >= 0 else -1
+    return rel if second < 0 else rel[:second]
 
 
 # ------------------------------------------------------------------------------------------------ streaming helpers
@@ -84,9 +100,9 @@ def _first_token(stream: BinaryIO, label: str) -> tuple[bytes, _Prepend]:
 def _items(stream: BinaryIO, label: str, *, allow_object: bool = False) -> tuple[str, Iterator]:
     token, stream = _first_token(stream, label)
     if token == b"[":
-        return "list", ijson.items(stream, "item", use_float=True)
+        return "list", array_items(stream)
     if token == b"{" and allow_object:
-        return "dict", ijson.kvitems(stream, "", use_float=True)
+        return "dict", object_items(stream)
     raise AnnotationError(f"{label}: expected a JSON array{' or object' if allow_object else ''}")
 
 
@@ -108,24 +124,30 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
     """
     if not isinstance(entry, dict):
         return "boxes_malformed", "entry is not an object"
-    missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
-    if missing:
+    if "boxes" not in entry or "scores" not in entry or "labels" not in entry:
+        missing = [k for k in ("boxes", "scores", "labels") if k not in entry]
         return "boxes_malformed", f"no {', '.join(missing)}"
     boxes, scores, labels = entry["boxes"], entry["scores"], entry["labels"]
     # Plain loops over exact types (JSON gives list, dict, str, int, float, bool, None): this runs for every entry
     # of 1.3M-entry bbox JSONs, where nested all() generators were half of `verify`'s time.
     if type(boxes) is not list:
         return "boxes_malformed", "boxes are not rows of 4 numbers"
+    numbers, coordinates_ok = _NUMBER_TYPES, True
     for b in boxes:
         if type(b) is not list or len(b) != 4:
             return "boxes_malformed", "boxes are not rows of 4 numbers"
-    for i, b in enumerate(boxes):
-        j = _first_non_number(b)
-        if j >= 0:
-            return (
-                "box_coordinates_invalid",
-                f"boxes[{i}][{j}] is {_json_kind(b[j])}: torch.tensor(boxes) fails",
-            )
+        coordinates_ok = coordinates_ok and (
+            type(b[0]) in numbers
+            and type(b[1]) in numbers
+            and type(b[2]) in numbers
+            and type(b[3]) in numbers
+        )
+    if not coordinates_ok:
+        i, j = next((i, j) for i, b in enumerate(boxes) if (j := _first_non_number(b)) >= 0)
+        return (
+            "box_coordinates_invalid",
+            f"boxes[{i}][{j}] is {_json_kind(boxes[i][j])}: torch.tensor(boxes) fails",
+        )
     if type(scores) is not list or len(scores) != len(boxes):
         return (
             "boxes_malformed",
@@ -136,14 +158,16 @@ def _box_problem(entry: object) -> tuple[str, str] | None:
             "boxes_malformed",
             f"{len(labels) if isinstance(labels, list) else 'no list of'} labels for {len(boxes)} boxes",
         )
-    for i, label in enumerate(labels):
+    for label in labels:
         if type(label) not in _HASHABLE_JSON and not _hashable(label):
+            i = next(i for i, x in enumerate(labels) if x is label)  # this one: any earlier would have failed
             return "box_labels_unhashable", f"labels[{i}] is {_json_kind(label)}: set(labels) fails"
     fractional = False
-    for j, v in enumerate(scores):
+    for v in scores:
         if type(v) is float:
             fractional = True
         elif type(v) not in _NUMBER_TYPES:
+            j = next(j for j, x in enumerate(scores) if x is v)
             return "box_scores_invalid", f"scores[{j}] is {_json_kind(v)}: torch.tensor(scores) fails"
     if scores and not fractional:
         kind = "bool" if all(type(s) is bool for s in scores) else "int64"
@@ -210,11 +234,9 @@ class Boxes:
                 problem = _box_problem(entry)
                 if problem:
                     out.malformed[key] = problem
-                else:
-                    out.malformed.pop(
-                        key, None
-                    )  # a later entry with the same id wins, as in the dict comprehension
-        except ijson.JSONError as e:
+                elif out.malformed:  # a later entry with the same id wins, as in the dict comprehension
+                    out.malformed.pop(key, None)
+        except StreamError as e:
             raise AnnotationError(f"{label}: not valid JSON ({e})") from None
         return out
 
@@ -247,9 +269,17 @@ class PrefixCounts:
 
     def add(self, path: str, status: Status) -> None:
         self.referenced += 1
+        if status == "present":
+            self.present += 1
+            return
         setattr(self, status, getattr(self, status) + 1)
         if status != "present" and len(self.first_missing) < LISTED_PER_PREFIX:
             self.first_missing.append(path)
+
+    def merge(self, later: PrefixCounts) -> None:
+        for status in ("referenced", "present", "missing", "broken", "skipped"):
+            setattr(self, status, getattr(self, status) + getattr(later, status))
+        self.first_missing += later.first_missing[: max(0, LISTED_PER_PREFIX - len(self.first_missing))]
 
 
 _RESOLVED_RULE = {"missing": "image_missing", "broken": "image_broken", "skipped": "image_skipped"}
@@ -266,9 +296,9 @@ class Check:
     workers: int = 1
     progress: Callable[[int, int], None] | None = None
     contract: Contract = MGLLAVA
-    image_prefix: Callable[[str], str] = field(
-        default=lambda image: prefix_of(image)
-    )  # groups the references
+    image_prefix: Callable[[str], str] = (
+        prefix_of  # groups the references (a function: checks cross processes)
+    )
     files: list[dict] = field(default_factory=list)
     prefixes: dict[str, PrefixCounts] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
@@ -319,7 +349,11 @@ class Check:
         def settle(image: str, status: Status) -> None:
             own["referenced"] += 1
             own[status] += 1
-            self.prefixes.setdefault(self.image_prefix(image), PrefixCounts()).add(image, status)
+            prefix = self.image_prefix(image)
+            counts = self.prefixes.get(prefix)
+            if counts is None:
+                counts = self.prefixes[prefix] = PrefixCounts()
+            counts.add(image, status)
             if status != "present":
                 hit(_RESOLVED_RULE[status], image)
                 listed = self.first_broken if status == "broken" else self.first_missing
@@ -329,7 +363,7 @@ class Check:
                 if status == "skipped" and reason and len(self.skipped_reasons) < LISTED:
                     self.skipped_reasons[image] = reason
 
-        pending: deque[tuple[str, Future | Status]] = deque()
+        pending: deque[tuple[str, Future]] = deque()
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         first_type: str | None = None
         column = True
@@ -342,7 +376,7 @@ class Check:
                     own["samples"] += 1
                     if index == 0 and self.contract.image_column_kept is not None:
                         column = self.contract.image_column_kept(raw)
-                    where = f"#{index}" if s.id_type is None else s.label
+                    where = (f"#{index}" if s.id_type is None else s.label) if s.problems or s.dropped else ""
                     for rule in s.problems:
                         hit(rule, where)
                     if typed_ids and s.id_type is not None:
@@ -366,24 +400,28 @@ class Check:
                             rule, reason = box.malformed[key]
                             hit(rule, f"{s.label}: {reason}")
                     image = s.image
-                    pending.append((image, pool.submit(resolve, image) if pool else resolve(image)))
-                    while len(pending) > (4 * self.workers if pool else 0):
-                        image, status = pending.popleft()
-                        settle(image, status.result() if isinstance(status, Future) else status)
+                    if pool is None:
+                        settle(image, resolve(image))
+                    else:  # taken in sample order, a few ahead
+                        pending.append((image, pool.submit(resolve, image)))
+                        while len(pending) > 4 * self.workers:
+                            image, status = pending.popleft()
+                            settle(image, status.result())
                     if self.progress and own["samples"] % 1000 == 0:
                         self.progress(self.samples + own["samples"], own["referenced"])
-            except ijson.JSONError as e:
+            except StreamError as e:
                 raise AnnotationError(f"{name}: not valid JSON ({e})") from None
             while pending:
                 image, status = pending.popleft()
-                settle(image, status.result() if isinstance(status, Future) else status)
+                settle(image, status.result())
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
         if not column and image_samples:
             own_findings["image_column_dropped"] = image_samples
             self.findings["image_column_dropped"].count += image_samples
-            self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
+            if len(self.findings["image_column_dropped"].first) < LISTED:
+                self.findings["image_column_dropped"].first.append(f"{name}: first sample has no image key")
         own["ids_without_boxes"] = own_findings.get("boxes_missing", 0)
         own["findings"] = {r: n for r, n in own_findings.items() if n}
         own["box_entries"] = len(box.keys) if box is not None else None
@@ -394,6 +432,27 @@ class Check:
         if self.progress:
             self.progress(self.samples, own["referenced"])
         return own
+
+    def merge(self, later: Check) -> None:
+        """Take in `later`'s files as if this check had gone on to check them itself: counts add up, and the first
+        offending paths and ids stay the first LISTED overall, this check's before `later`'s."""
+        for rule, finding in later.findings.items():
+            mine = self.findings[rule]
+            mine.count += finding.count
+            mine.first += finding.first[: max(0, LISTED - len(mine.first))]
+        for prefix, counts in later.prefixes.items():
+            self.prefixes.setdefault(prefix, PrefixCounts()).merge(counts)
+        for mine, theirs in (
+            (self.first_missing, later.first_missing),
+            (self.first_broken, later.first_broken),
+        ):
+            mine += theirs[: max(0, LISTED - len(mine))]
+        for image, reason in later.skipped_reasons.items():
+            if len(self.skipped_reasons) < LISTED:
+                self.skipped_reasons[image] = reason
+        self.samples += later.samples
+        self.text_only += later.text_only
+        self.files += later.files
 
     def absent(self, name: str, boxes_name: str | None, *, optional: bool, why: str) -> None:
         self.files.append(
@@ -575,12 +634,12 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
 
 def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Resolver:
     """Status of an image in a local data/ folder, joined as the trainer joins it; `decode`: opened as it opens it."""
-    root = os.fspath(data_dir)
+    base = os.path.join(os.fspath(data_dir), "")  # with its trailing slash ("" stays "")
 
     def resolve(image: str) -> Status:
-        path = os.path.join(root, image)
+        path = image if image.startswith("/") else base + image  # os.path.join(data_dir, image), inlined
         try:
-            if not os.path.isfile(path):
+            if not S_ISREG(os.stat(path).st_mode):  # os.path.isfile, inlined: one call per image
                 return "missing"
         except (OSError, ValueError):
             return "missing"

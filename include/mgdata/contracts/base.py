@@ -13,7 +13,7 @@ ROLES = ("human", "gpt")
 Rules = dict[str, tuple[str, str, str]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """What the check needs of one training sample, as the trainer will see it."""
 

@@ -124,34 +124,40 @@ def read_sample(raw: object) -> Sample:
     image = raw.get("image")
     if image and not isinstance(image, str):
         problems.append("image_not_string")
-    turns, conv_problem = _turns(raw.get("conversations"))
+    tokens, conv_problem = _turns(raw.get("conversations"))
     if conv_problem:
         problems.append(conv_problem)
-    dropped = conv_problem is None and turns == []
-    if conv_problem is None and any(i.count(IMAGE_TOKEN) > 1 for i in turns or []):
+        return Sample(key, id_type, image, problems, False, not image)
+    if tokens and max(tokens) > 1:
         problems.append("image_tokens")
-    return Sample(key, id_type, image, problems, dropped, text_only=not image)
+    return Sample(key, id_type, image, problems, not tokens, not image)
 
 
-def _turns(messages: object) -> tuple[list[str] | None, str | None]:
-    """llava_map_fn: the input of each human->gpt turn (with `<image>` already collapsed per message), or a rule."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+def _turns(messages: object) -> tuple[list[int] | None, str | None]:
+    """llava_map_fn: for each human->gpt turn, how many `<image>` its input holds (llava_map_fn removes every
+    `<image>` of a human message and puts one back in front, so one per human message that has any), or a rule."""
+    if not isinstance(messages, list):
         return None, "conversations_invalid"
-    while messages and messages[0].get("from") == "gpt":
-        messages = messages[1:]
-    inputs, current = [], ""
     for m in messages:
-        if m.get("from") not in ROLES:
-            return None, "role_invalid"
-        if not isinstance(m.get("value"), str):
+        if not isinstance(m, dict):
             return None, "conversations_invalid"
-        if m["from"] == "human":
-            # llava_map_fn removes every <image> of a message and puts one back in front
-            current += (IMAGE_TOKEN if IMAGE_TOKEN in m["value"] else "") + "\n"
+    start = 0
+    while start < len(messages) and messages[start].get("from") == "gpt":
+        start += 1
+    tokens, current = [], 0
+    for m in messages[start:] if start else messages:
+        role = m.get("from")
+        if role not in ROLES:
+            return None, "role_invalid"
+        value = m.get("value")
+        if not isinstance(value, str):
+            return None, "conversations_invalid"
+        if role == "human":
+            current += IMAGE_TOKEN in value
         else:
-            inputs.append(current)
-            current = ""
-    return inputs, None
+            tokens.append(current)
+            current = 0
+    return tokens, None
 
 
 def image_column_kept(first: object) -> bool:
