@@ -26,7 +26,7 @@ from stat import S_ISREG
 from typing import BinaryIO, Literal
 
 from mgdata.catalog import Catalog, TrainingFile
-from mgdata.contracts import MGLLAVA, Contract
+from mgdata.contracts import CONTRACTS, MGLLAVA, Contract, Rules
 from mgdata.jsonstream import StreamError, array_items, object_items
 
 Status = Literal["present", "missing", "broken", "skipped"]
@@ -309,7 +309,19 @@ class Check:
     skipped_reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.findings = {r: self.findings.get(r, Finding()) for r in self.contract.rules}
+        self.rules: Rules = {}
+        self._use(self.contract.rules)
+
+    def _use(self, rules: Rules) -> None:
+        """Count `rules` too: a file read through another contract adds its rules; a rule both trainers have
+        (images missing, say) is one count, citing both trainers' lines."""
+        for rule, (effect, what, where) in rules.items():
+            mine = self.rules.get(rule)
+            if mine is None:
+                self.rules[rule] = (effect, what, where)
+                self.findings.setdefault(rule, Finding())
+            elif where not in mine[2]:
+                self.rules[rule] = (mine[0], mine[1], f"{mine[2]} | {where}")
 
     def check_file(
         self,
@@ -319,11 +331,16 @@ class Check:
         *,
         boxes_name: str | None = None,
         boxes: BinaryIO | None = None,
+        contract: Contract | None = None,
     ) -> dict:
-        """Stream one training JSON (and its bbox JSON) through the contract; returns the file's own counts."""
+        """Stream one training JSON (and its bbox JSON) through `contract` (default: the check's); returns the
+        file's own counts."""
         started = time.monotonic()
+        contract = contract or self.contract
+        self._use(contract.rules)
         box = Boxes.read(boxes, label=boxes_name or "bbox JSON") if boxes is not None else None
-        own = {"json": name, "boxes": boxes_name, "status": "checked", "samples": 0, "text_only": 0}
+        own = {"json": name, "boxes": boxes_name, "contract": contract.name, "status": "checked"}
+        own |= {"samples": 0, "text_only": 0}
         own |= {
             "referenced": 0,
             "present": 0,
@@ -332,8 +349,8 @@ class Check:
             "skipped": 0,
             "ids_without_boxes": 0,
         }
-        own_findings = {r: 0 for r in self.contract.rules}
-        typed_ids = "id_types_mixed" in self.contract.rules
+        own_findings = {r: 0 for r in contract.rules}
+        typed_ids = "id_types_mixed" in contract.rules
 
         def hit(rule: str, what: str) -> None:
             own_findings[rule] += 1
@@ -372,10 +389,10 @@ class Check:
             try:
                 _, items = _items(samples, name)
                 for index, raw in enumerate(items):
-                    s = self.contract.read_sample(raw)
+                    s = contract.read_sample(raw)
                     own["samples"] += 1
-                    if index == 0 and self.contract.image_column_kept is not None:
-                        column = self.contract.image_column_kept(raw)
+                    if index == 0 and contract.image_column_kept is not None:
+                        column = contract.image_column_kept(raw)
                     where = (f"#{index}" if s.id_type is None else s.label) if s.problems or s.dropped else ""
                     for rule in s.problems:
                         hit(rule, where)
@@ -436,6 +453,7 @@ class Check:
     def merge(self, later: Check) -> None:
         """Take in `later`'s files as if this check had gone on to check them itself: counts add up, and the first
         offending paths and ids stay the first LISTED overall, this check's before `later`'s."""
+        self._use(later.rules)
         for rule, finding in later.findings.items():
             mine = self.findings[rule]
             mine.count += finding.count
@@ -473,7 +491,7 @@ class Check:
         total = {k: sum(getattr(p, k) for p in self.prefixes.values()) for k in kinds}
         checked = any(f["status"] == "checked" for f in self.files)
         required_absent = [f["json"] for f in self.files if f["status"] == "absent"]
-        rules = self.contract.rules
+        rules = self.rules
         blocking = {r: f.count for r, f in self.findings.items() if f.count and rules[r][0] != "dropped"}
         ready = checked and not required_absent and not blocking
         by_prefix = {}
@@ -682,9 +700,10 @@ def _check_declared(store, check: Check, t: TrainingFile, resolve: Resolver) -> 
             t.json_key, t.boxes, optional=t.optional, why=f"its bbox JSON {t.boxes} is not in the store"
         )
         return
+    contract = CONTRACTS[t.contract]
     with store.open_range(t.json_key) as samples:
         if t.boxes is None:
-            check.check_file(t.json_key, samples, resolve)
+            check.check_file(t.json_key, samples, resolve, contract=contract)
             return
         with store.open_range(t.boxes) as boxes:
-            check.check_file(t.json_key, samples, resolve, boxes_name=t.boxes, boxes=boxes)
+            check.check_file(t.json_key, samples, resolve, boxes_name=t.boxes, boxes=boxes, contract=contract)

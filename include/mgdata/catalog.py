@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mgdata.contracts import CONTRACTS
 from mgdata.redact import redact_url
 
 SourceKind = Literal["http", "huggingface", "gdrive", "urllist", "manual"]
@@ -235,6 +236,14 @@ class TrainingFile(_Model):
     json_key: str = Field(alias="json")
     boxes: str | None = None  # None: the trainer reads no boxes for this JSON
     optional: bool = False  # absent from the store is fine (e.g. LLaVA's mix665k, not in MG-LLaVA's recipe)
+    contract: str = "mgllava"  # the trainer that reads it (mgdata.contracts): LLaVA's mix665k is LLaVA's
+
+    @field_validator("contract")
+    @classmethod
+    def _known_contract(cls, name: str) -> str:
+        if name not in CONTRACTS:
+            raise ValueError(f"contract {name!r} is not one of {sorted(CONTRACTS)}")
+        return name
 
 
 class Catalog(_Model):

@@ -386,3 +386,52 @@ def test_verify_shows_progress_on_a_terminal_only(data, jsons):
     assert b"8 samples, 7 images checked" in shown, shown
     piped = subprocess.run(cmd, capture_output=True, text=True)
     assert "images checked" not in piped.stderr
+
+
+def test_each_declared_json_is_read_through_its_own_trainers_contract(tmp_path):
+    """The shipped catalog reads LLaVA's mix665k as LLaVA's LazySupervisedDataset does: ids of mixed types (which
+    MG-LLaVA's Dataset.from_list refuses) are fine, an `image` key with null crashes it (MG-LLaVA calls that
+    text-only); MG-LLaVA's JSON beside it keeps MG-LLaVA's rules, and a rule both trainers have cites both lines."""
+    store = open_store((tmp_path / "store").as_uri())
+    rows = [{"path": "coco/train2017/1.jpg", "status": "ok", "bytes": 1, "run_id": "r"}]
+    manifest.write_table(store, manifest.source_key("coco"), manifest.to_table(rows))
+    mix = [
+        {"id": "1", "image": "coco/train2017/1.jpg", "conversations": sample(0)["conversations"]},
+        {"id": 2.5, "image": "coco/train2017/1.jpg", "conversations": sample(0)["conversations"]},
+        {"id": "3", "image": None, "conversations": sample(0)["conversations"]},
+        {"id": "4", "image": "coco/train2017/gone.jpg", "conversations": sample(0)["conversations"]},
+    ]
+    mg = [
+        sample("1", "coco/train2017/1.jpg"),
+        sample(2.5, "coco/train2017/1.jpg"),
+        sample("3", "coco/train2017/x.jpg"),
+    ]
+    store.put_bytes("annotations/llava_v1_5_mix665k.json", json.dumps(mix).encode())
+    store.put_bytes("annotations/mg.json", json.dumps(mg).encode())
+    store.put_bytes("annotations/mg_box.json", json.dumps(boxes(["1", "2.5", "3"])).encode())
+    shipped = load_catalog(SHIPPED_CATALOG)
+    assert next(t.contract for t in shipped.training if t.json_key.endswith("mix665k.json")) == "llava-v1"
+    raw = json.loads(json.dumps(shipped.model_dump(by_alias=True)))
+    raw["training"] = [{"json": "annotations/mg.json", "boxes": "annotations/mg_box.json"}] + [
+        t for t in raw["training"] if t["json"].endswith("mix665k.json")
+    ]
+    report = check_store(store, parse_catalog(raw))
+
+    mg_file, mix_file = report["files"]
+    assert (mg_file["contract"], mix_file["contract"]) == ("mgllava", "llava-v1")
+    assert mg_file["findings"] == {
+        "id_types_mixed": 1,
+        "image_missing": 1,
+        "boxes_missing": 1,
+    }  # 2.5 never matches
+    assert mix_file["findings"] == {"image_not_string": 1, "image_missing": 1}
+    trainer = report["findings"]["image_missing"]["trainer"]
+    assert "mg_llava_dataset.py" in trainer and "llava/train/train.py:701" in trainer
+    assert report["findings"]["image_missing"]["count"] == 2 and not report["ready"]
+
+
+def test_a_catalog_naming_an_unknown_contract_is_refused():
+    raw = json.loads(json.dumps(load_catalog(SHIPPED_CATALOG).model_dump(by_alias=True)))
+    raw["training"] = [{"json": "annotations/x.json", "contract": "qwen-vl"}]
+    with pytest.raises(Exception, match="qwen-vl"):
+        parse_catalog(raw)
