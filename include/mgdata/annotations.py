@@ -632,19 +632,27 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
         skipped.update(paths)
     root = Path(layout_dir) if layout_dir else None
 
+    def in_store(path: str | None) -> Status:
+        """A data/-relative path's status in the manifests alone."""
+        if path is None:
+            return "missing"
+        if path in usable:
+            return "present"
+        if path in quarantined:
+            return "broken"
+        return "skipped" if path in skipped else "missing"
+
     def resolve(image: str) -> Status:
         path = data_relative(image)
         if path is None and root is not None and image.startswith("/"):
             inside = Path(posixpath.normpath(image))
             path = str(inside.relative_to(root)) if inside.is_relative_to(root) else None
-        if path is None:
+        status = in_store(path)
+        if status == "present" and root is not None and not (root / path).is_file():
             return "missing"
-        if path in usable:
-            return "present" if root is None or (root / path).is_file() else "missing"
-        if path in quarantined:
-            return "broken"
-        return "skipped" if path in skipped else "missing"
+        return status
 
+    resolve.in_store = in_store  # type: ignore[attr-defined]  # the same manifests, read once, without the tree
     resolve.skipped_reasons = skipped  # type: ignore[attr-defined]
     resolve.skipped_members = skipped_members  # type: ignore[attr-defined]
     return resolve
@@ -677,11 +685,13 @@ def check_store(
     *,
     layout_dir: str | os.PathLike | None = None,
     sources: dict[str, dict] | None = None,
+    resolve: Resolver | None = None,
 ) -> dict:
     """Check every training JSON the catalog declares against the store's manifests (report.json `ready_to_train`).
 
-    `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing."""
-    resolve = store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
+    `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing.
+    `resolve`: a `store_resolver` over the catalog's sources already made (its manifests are read once a run)."""
+    resolve = resolve or store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
     check = Check()
     for t in catalog.training:
         _check_declared(store, check, t, resolve)

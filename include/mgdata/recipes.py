@@ -42,6 +42,9 @@ class RecipeJSON(_Model):
     contract: str
     boxes: str | None = None  # the bbox JSON every image sample needs an entry in (MG-LLaVA)
     source: str | None = None  # the catalog source that delivers the JSON, when one does
+    store: str | None = (
+        None  # its key in the shared store, where that source lands it (else recipes/<name>/<json>)
+    )
     url: str | None = None
     revision: str | None = None
     bytes: int | None = Field(default=None, gt=0)
@@ -93,6 +96,12 @@ class Recipe(_Model):
             if path == theirs or path.startswith(theirs + "/"):
                 return ours + path[len(theirs) :]
         return path
+
+
+def store_key(recipe: Recipe, t: RecipeJSON) -> str:
+    """Where a recipe's training JSON lies in the shared store: where its catalog source lands it, else under
+    `recipes/<name>/` at its path in the trainer's tree (put it there to have it checked with every run)."""
+    return t.store or f"recipes/{recipe.name}/{t.json_path}"
 
 
 class RecipeCatalog:
@@ -177,3 +186,66 @@ def lay_out(store, recipe: Recipe, catalog: Catalog, root: str | Path) -> dict:
             placed = materialize(store, data / recipe.theirs(folder), files, [""], prefix=f"data/{folder}/")
             add_outcome(outcome, placed)
     return outcome
+
+
+STAGE_FIELDS = (
+    "checked",
+    "ready",
+    "note",
+    "samples",
+    "text_only",
+    "referenced",
+    "present",
+    "missing",
+    "broken",
+)
+
+
+def check_in_store(
+    store, recipe: Recipe, catalog: Catalog, *, sources: dict[str, dict] | None = None, in_store=None
+) -> dict:
+    """A recipe's ready-to-train verdict from the shared store: each stage's JSON (at its `store_key`) read through
+    its contract, each image it names resolved, in our folder names, in the manifests of the recipe's sources.
+
+    `sources`: the run's per-source {status, error}, so a missing folder says why its source has nothing.
+    `in_store`: the status of a data/-relative path in the manifests already read (`store_resolver(...).in_store`,
+    one read of the manifests for every recipe); by default the recipe's sources' manifests are read here."""
+    from mgdata.annotations import Check, store_resolver
+    from mgdata.contracts import CONTRACTS
+
+    if in_store is None:
+        in_store = store_resolver(store, [n for n in recipe.sources if n in catalog.sources]).in_store
+    stages = []
+    for t in recipe.training:
+        view = RecipeCatalog(recipe, catalog, t.image_folder)
+
+        def resolve(image: str, folder: str = t.image_folder):
+            path = recipe.data_path(folder, image)
+            return in_store(None if path is None else recipe.ours(path))
+
+        check = Check(contract=CONTRACTS[t.contract], image_prefix=view.prefix)
+        key, boxes = store_key(recipe, t), t.boxes
+        if store.stat(key) is None:
+            where = f"from {t.url}" if t.url else f"from source {t.source}"
+            check.absent(key, boxes, optional=t.optional, why=f"not in the store: put it at {key} ({where})")
+        elif boxes is not None and store.stat(boxes) is None:
+            check.absent(key, boxes, optional=t.optional, why=f"its bbox JSON {boxes} is not in the store")
+        else:
+            with store.open_range(key) as samples:
+                if boxes is None:
+                    check.check_file(key, samples, resolve)
+                else:
+                    with store.open_range(boxes) as b:
+                        check.check_file(key, samples, resolve, boxes_name=boxes, boxes=b)
+        report = check.as_report(view, sources=sources)
+        stage = {"stage": t.stage, "json": key, "contract": t.contract, "optional": t.optional}
+        stages.append(stage | {k: report[k] for k in STAGE_FIELDS})
+    needed = [s for s in stages if not (s["optional"] and not s["checked"])]
+    ready = all(s["ready"] for s in needed)
+    blocking = [f"{s['stage']}: {s['note']}" for s in needed if not s["ready"]]
+    note = (
+        "ready to train: " + ", ".join(s["stage"] for s in needed)
+        if ready
+        else "not ready: " + "; ".join(blocking)
+    )
+    return {"title": recipe.title, "trainer": recipe.trainer, "ready": ready, "note": note, "stages": stages}

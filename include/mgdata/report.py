@@ -8,6 +8,7 @@ tasks recorded, else "did not finish". That is why the report covers every sourc
 from __future__ import annotations
 
 import html
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 
 from mgdata import manifest
 from mgdata.run import Run, no_ingest_summary, now, put_json, read_json
+from mgdata.storage import StoreError
 
 QUARANTINE_LISTED = 500
 # The JSON Schema of report.json: the contract for machines reading it (the docs' report reference is made from it;
@@ -131,7 +133,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
 
 def verify_run(run: Run) -> dict:
     """The ready-to-train check over the store's manifests (and the local tree), written into the run's report."""
-    from mgdata.annotations import check_store
+    from mgdata.annotations import check_store, store_resolver
 
     key = f"runs/{run.run_id}/report.json"
     report = read_json(run.store, key)
@@ -141,16 +143,65 @@ def verify_run(run: Run) -> dict:
     outcomes = {
         name: {"status": o.get("status"), "error": o.get("error")} for name, o in report["sources"].items()
     }
-    ready = check_store(run.store, run.catalog, layout_dir=layout_dir, sources=outcomes)
+    resolve = store_resolver(run.store, list(run.catalog.sources), layout_dir=layout_dir)
+    ready = check_store(run.store, run.catalog, sources=outcomes, resolve=resolve)
     report["ready_to_train"] = ready
+    report["recipes"] = recipe_verdicts(run, ready, outcomes, resolve.in_store)
     put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
     keys = ("checked", "ready", "note", "referenced", "present", "missing", "broken", "ids_without_boxes")
     return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}
 
 
+def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store) -> dict:
+    """Every shipped recipe's verdict from the same store: the default recipe's is the run's `ready_to_train`;
+    the others read their JSONs where the store holds them. `served`: every source the recipe needs was in this run.
+    A recipe that cannot be checked (a source the run's catalog lacks, an unreadable JSON) says why; the run goes on.
+    `in_store`: image paths' status in the manifests the run's check already read (no second read per recipe)."""
+    from mgdata.annotations import AnnotationError
+    from mgdata.recipes import DEFAULT_RECIPE, RecipeError, check_in_store, load_recipes
+
+    try:
+        recipes = load_recipes()
+    except (RecipeError, OSError) as e:  # a packaging fault, not the run's: the verdict above stands
+        logging.getLogger("mgdata.verify").warning("recipes not checked: %s", e)
+        return {}
+    verdicts = {}
+    for name, recipe in recipes.items():
+        served = set(recipe.sources) <= set(outcomes)
+        lacking = sorted(set(recipe.sources) - set(run.catalog.sources))
+        verdict: dict = {"stages": []}
+        if name == DEFAULT_RECIPE:
+            verdict |= {"ready": ready["ready"], "note": "the run's ready_to_train verdict"}
+        elif lacking:
+            verdict |= {
+                "ready": False,
+                "note": f"not checked: the catalog has no source {', '.join(lacking)}",
+            }
+        else:
+            try:
+                verdict = check_in_store(run.store, recipe, run.catalog, sources=outcomes, in_store=in_store)
+            except (AnnotationError, StoreError) as e:
+                verdict |= {"ready": False, "note": f"not checked: {e}"}
+        verdicts[name] = {"title": recipe.title, "trainer": recipe.trainer, "served": served} | verdict
+    return verdicts
+
+
 def _mb(n: int | None) -> str:
     return f"{(n or 0) / 1e6:,.1f} MB"
+
+
+def _recipes_html(recipes: dict) -> str:
+    """One line per recipe: its verdict from the same store, and whether this run served all its sources."""
+    if not recipes:
+        return ""
+    e = html.escape
+    items = "".join(
+        f"<li><strong>{e(r['title'])}</strong> (<code>{e(name)}</code>"
+        f"{'' if r['served'] else ', not all its sources in this run'}): {e(r['note'])}</li>"
+        for name, r in recipes.items()
+    )
+    return f"<h3>Recipes</h3><ul>{items}</ul>"
 
 
 def _ready_html(rt: dict) -> str:
@@ -286,6 +337,7 @@ th {{ background: #f3f3f3; }} td.num {{ text-align: right; }} tr.failed td {{ ba
 {_paths_html(report["sources"])}
 <h2>Ready to train</h2>
 {_ready_html(report.get("ready_to_train") or {})}
+{_recipes_html(report.get("recipes") or {})}
 <h2>data/ layout</h2>
 {_layout_html(layout)}
 <h2>Quarantine ({report["quarantine_total"]:,})</h2>

@@ -246,3 +246,50 @@ def test_the_layout_command_lays_out_a_recipe_from_the_configured_store_and_name
     assert "llava-v1.5: 1 images" in out and "1 linked" in out
     assert "put llava_v1_5_mix665k.json there (from https://huggingface.co/" in out
     assert main(["layout", "--recipe", "nope", "--root", str(root)]) == 2
+
+
+def test_a_recipes_verdict_comes_from_the_shared_store_each_json_where_the_store_holds_it(tmp_path):
+    from mgdata.recipes import check_in_store
+    from mgdata.storage import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    publish_source(store, "llava_pretrain", {"LLaVA-Pretrain/images/00000/1.jpg": jpeg()})
+    publish_source(store, "coco", {"coco/train2017/1.jpg": jpeg()})
+    recipes = load_recipes(catalog=CATALOG)
+    mix = [
+        {"id": "1", "image": "coco/train2017/1.jpg", "conversations": chat()},
+        {"conversations": chat(False)},
+    ]
+    store.put_bytes(
+        "annotations/llava_v1_5_mix665k.json", json.dumps(mix).encode()
+    )  # where the catalog lands it
+
+    llava = check_in_store(store, recipes["llava-v1.5"], CATALOG)
+    pretrain, finetune = llava["stages"]
+    assert (finetune["checked"], finetune["ready"], finetune["referenced"], finetune["text_only"]) == (
+        True,
+        True,
+        1,
+        1,
+    )
+    assert not pretrain["checked"] and not llava["ready"]
+    assert "recipes/llava-v1.5/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" in llava["note"]  # where to put it
+    store.put_bytes(
+        "recipes/llava-v1.5/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+        json.dumps([{"id": "1", "image": "00000/1.jpg", "conversations": chat()}]).encode(),
+    )
+    assert check_in_store(store, recipes["llava-v1.5"], CATALOG)["ready"]
+
+    # ShareGPT4V's llava/llava_pretrain folder resolves to LLaVA-Pretrain's objects; its SAM folder is named as absent
+    share = [
+        {"id": "1", "image": "llava/llava_pretrain/images/00000/1.jpg", "conversations": chat()},
+        {"id": "2", "image": "sam/images/sa_1.jpg", "conversations": chat()},
+    ]
+    key = "recipes/sharegpt4v/data/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
+    store.put_bytes(key, json.dumps(share).encode())
+    verdict = check_in_store(store, recipes["sharegpt4v"], CATALOG)
+    finetune = verdict["stages"][0]
+    assert (finetune["present"], finetune["missing"]) == (1, 1) and "sam_images_share-sft.zip" in finetune[
+        "note"
+    ]
+    assert not verdict["ready"] and verdict["stages"][1]["optional"]
