@@ -182,9 +182,12 @@ def test_the_cycle_finder_names_the_path():
 
 
 def test_catalog_and_settings_are_at_the_bottom():
-    """catalog imports no mgdata module but the bottom ones; settings only catalog (and the store it opens)."""
-    assert GRAPH["mgdata.catalog"] <= {"mgdata.redact"}
+    """catalog imports no mgdata module but the bottom ones (redact; contracts, whose names a catalog's training
+    files are checked against); settings only catalog (and the store it opens)."""
+    assert GRAPH["mgdata.catalog"] <= {"mgdata.redact", "mgdata.contracts"}
     assert GRAPH["mgdata.redact"] == set()
+    contracts = {m for m in GRAPH if m.startswith("mgdata.contracts")}
+    assert all(GRAPH[m] <= contracts for m in contracts)  # the trainers' contracts stand on nothing else
     assert GRAPH["mgdata.settings"] <= {"mgdata.catalog", "mgdata.storage"}
 
 
