@@ -40,7 +40,7 @@ from mgdata.annotations import AnnotationError
 from mgdata.catalog import CatalogError, load_catalog
 from mgdata.contracts import CONTRACTS
 from mgdata.local_check import Options, Pair, check_pair, check_pairs, ignore_bomb_warnings, new_check
-from mgdata.recipes import RecipeCatalog, RecipeError, load_recipes
+from mgdata.recipes import RecipeCatalog, RecipeError, load_recipes, needed_stages
 from mgdata.settings import Settings
 from mgdata.storage import StoreError
 
@@ -225,8 +225,7 @@ def verify_recipe(args: argparse.Namespace) -> int:
             if check.progress:
                 sys.stderr.write("\n")
         stages.append({"stage": t.stage, "optional": t.optional, **_result(args, check.as_report(view))})
-    needed = [s for s in stages if not (s["optional"] and not s["checked"])]
-    ready = all(s["ready"] for s in needed)
+    ready = all(s["ready"] for s in needed_stages(stages))
     result = {"recipe": recipe.name, "trainer": recipe.trainer, "ready": ready, "stages": stages}
     return _conclude(args, result, recipe_summary)
 

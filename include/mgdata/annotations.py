@@ -702,18 +702,33 @@ def check_store(
 
 
 def _check_declared(store, check: Check, t: TrainingFile, resolve: Resolver) -> None:
-    if store.stat(t.json_key) is None:
-        check.absent(t.json_key, t.boxes, optional=t.optional, why="not in the store")
+    check_stored(
+        store, check, t.json_key, t.boxes, resolve, optional=t.optional, contract=CONTRACTS[t.contract]
+    )
+
+
+def check_stored(
+    store,
+    check: Check,
+    key: str,
+    boxes: str | None,
+    resolve: Resolver,
+    *,
+    optional: bool,
+    contract: Contract | None = None,
+    absent: str = "not in the store",
+) -> None:
+    """Check the training JSON at store key `key` (and its bbox JSON `boxes`) into `check`, or record it absent:
+    `absent` says why when the JSON is not there, and the bbox JSON is named when it is the one missing."""
+    if store.stat(key) is None:
+        check.absent(key, boxes, optional=optional, why=absent)
         return
-    if t.boxes is not None and store.stat(t.boxes) is None:
-        check.absent(
-            t.json_key, t.boxes, optional=t.optional, why=f"its bbox JSON {t.boxes} is not in the store"
-        )
+    if boxes is not None and store.stat(boxes) is None:
+        check.absent(key, boxes, optional=optional, why=f"its bbox JSON {boxes} is not in the store")
         return
-    contract = CONTRACTS[t.contract]
-    with store.open_range(t.json_key) as samples:
-        if t.boxes is None:
-            check.check_file(t.json_key, samples, resolve, contract=contract)
+    with store.open_range(key) as samples:
+        if boxes is None:
+            check.check_file(key, samples, resolve, contract=contract)
             return
-        with store.open_range(t.boxes) as boxes:
-            check.check_file(t.json_key, samples, resolve, boxes_name=t.boxes, boxes=boxes, contract=contract)
+        with store.open_range(boxes) as b:
+            check.check_file(key, samples, resolve, boxes_name=boxes, boxes=b, contract=contract)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mgdata.annotations import OUTSIDE
-from mgdata.catalog import Catalog, CatalogError
+from mgdata.catalog import Catalog
 from mgdata.contracts import CONTRACTS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -159,7 +159,7 @@ def load_recipes(folder: str | Path = RECIPES_DIR, catalog: Catalog | None = Non
             )
         recipes[recipe.name] = recipe
     if not recipes:
-        raise CatalogError(f"no recipe in {folder}")
+        raise RecipeError(f"no recipe in {folder}")
     return recipes
 
 
@@ -188,6 +188,11 @@ def lay_out(store, recipe: Recipe, catalog: Catalog, root: str | Path) -> dict:
     return outcome
 
 
+def needed_stages(stages: list[dict]) -> list[dict]:
+    """The stages a recipe's verdict rests on: all but the optional ones whose JSON is absent."""
+    return [s for s in stages if not (s["optional"] and not s["checked"])]
+
+
 STAGE_FIELDS = (
     "checked",
     "ready",
@@ -210,7 +215,7 @@ def check_in_store(
     `sources`: the run's per-source {status, error}, so a missing folder says why its source has nothing.
     `in_store`: the status of a data/-relative path in the manifests already read (`store_resolver(...).in_store`,
     one read of the manifests for every recipe); by default the recipe's sources' manifests are read here."""
-    from mgdata.annotations import Check, store_resolver
+    from mgdata.annotations import Check, check_stored, store_resolver
     from mgdata.contracts import CONTRACTS
 
     if in_store is None:
@@ -224,23 +229,14 @@ def check_in_store(
             return in_store(None if path is None else recipe.ours(path))
 
         check = Check(contract=CONTRACTS[t.contract], image_prefix=view.prefix)
-        key, boxes = store_key(recipe, t), t.boxes
-        if store.stat(key) is None:
-            where = f"from {t.url}" if t.url else f"from source {t.source}"
-            check.absent(key, boxes, optional=t.optional, why=f"not in the store: put it at {key} ({where})")
-        elif boxes is not None and store.stat(boxes) is None:
-            check.absent(key, boxes, optional=t.optional, why=f"its bbox JSON {boxes} is not in the store")
-        else:
-            with store.open_range(key) as samples:
-                if boxes is None:
-                    check.check_file(key, samples, resolve)
-                else:
-                    with store.open_range(boxes) as b:
-                        check.check_file(key, samples, resolve, boxes_name=boxes, boxes=b)
+        key = store_key(recipe, t)
+        where = f"from {t.url}" if t.url else f"from source {t.source}"
+        absent = f"not in the store: put it at {key} ({where})"
+        check_stored(store, check, key, t.boxes, resolve, optional=t.optional, absent=absent)
         report = check.as_report(view, sources=sources)
         stage = {"stage": t.stage, "json": key, "contract": t.contract, "optional": t.optional}
         stages.append(stage | {k: report[k] for k in STAGE_FIELDS})
-    needed = [s for s in stages if not (s["optional"] and not s["checked"])]
+    needed = needed_stages(stages)
     ready = all(s["ready"] for s in needed)
     blocking = [f"{s['stage']}: {s['note']}" for s in needed if not s["ready"]]
     note = (
