@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 SOURCES ?=
+RECIPE ?=
 SCALE ?= 0.01
 
 .PHONY: venv browser test docs screenshots demo real ui ui-demo lint format lock bench rehearsal clean
@@ -43,13 +44,15 @@ docs: venv
 screenshots: venv browser
 	MGDATA_DOCS_SCREENSHOTS=$(CURDIR)/docs/assets $(PY) -m pytest -q -p no:cacheprovider tests/browser/test_audit_page.py::test_audit_page_in_chromium
 
-## make demo: generate and serve the offline sample mirror, run the whole DAG on SQLite + a local-folder store
+## make demo: generate and serve the offline sample mirror, run the whole DAG on SQLite + a local-folder store.
+## make demo RECIPE=llava-v1.5 (or sharegpt4v, allava, several comma-separated): serve those recipes instead
 demo: venv
-	scripts/demo.sh
+	RECIPE="$(RECIPE)" scripts/demo.sh
 
-## make real SOURCES=ai2d: run the DAG against the real upstream sources (comma-separated selection)
+## make real SOURCES=ai2d: run the DAG against the real upstream sources (comma-separated selection);
+## make real RECIPE=llava-v1.5: every source of those recipes, each recipe's tree laid out
 real: venv
-	scripts/airflow-env.sh airflow dags test mgllava_data -c "$$($(PY) -c 'import json,sys; print(json.dumps({"sources": [s for s in sys.argv[1].split(",") if s]}))' '$(SOURCES)')"
+	scripts/airflow-env.sh airflow dags test mgllava_data -c "$$($(PY) -c 'import json,sys; names = lambda a: [s for s in a.split(",") if s]; print(json.dumps({"sources": names(sys.argv[1]), "recipes": names(sys.argv[2])}))' '$(SOURCES)' '$(RECIPE)')"
 
 ## make ui: the Airflow UI on http://localhost:8080 with the DAG loaded (airflow standalone, LocalExecutor, SQLite).
 ## Nothing runs until you trigger it (MGDATA_SCHEDULE unset); same Airflow home (.airflow/) as make demo and make real.

@@ -15,7 +15,8 @@ writes the ready-to-train verdict (per path prefix) into the report; `check_sour
 failed, so the run's colour tells the truth while the report still covers everything that succeeded.
 
 Settings come from `MGDATA_STORAGE`, `MGDATA_S3_CONN_ID`, `MGDATA_CATALOG`, `MGDATA_LAYOUT_DIR`; the params below
-override them per run. Runs start only when triggered, unless `MGDATA_SCHEDULE` (read at parse time, e.g. `@weekly`)
+override them per run; `recipes` names the corpora a run serves (include/recipes/: `mgllava`, `llava-v1.5`,
+`sharegpt4v`, `allava`), which selects their sources and lays out each one's tree. Runs start only when triggered, unless `MGDATA_SCHEDULE` (read at parse time, e.g. `@weekly`)
 enables the scheduled refresh of every enabled source. Hugging Face sources
 take their token from the Airflow connection named by `MGDATA_HF_CONN_ID` (its password; else `HF_TOKEN`) and honour
 `HF_ENDPOINT`.
@@ -29,10 +30,12 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task
 
 from mgdata.catalog import load_catalog
+from mgdata.recipes import load_recipes
 from mgdata.settings import Settings
 
-# Parsing must stay cheap (the dag-processor re-parses constantly): reading the catalog is one small YAML file.
+# Parsing must stay cheap (the dag-processor re-parses constantly): the catalog and the recipes are small YAML files.
 CATALOG = load_catalog(Settings.from_env().catalog)
+RECIPES = load_recipes(catalog=CATALOG)
 
 POOLS = {
     "http": "mgdata_http",
@@ -70,6 +73,15 @@ def _run():
     return Run(Settings.from_env(params), context["dag_run"].run_id, force=bool(params.get("force")))
 
 
+def _selection(run) -> list[str]:
+    """The sources this run ingests: the `sources` param plus every source of the `recipes` asked for (the param,
+    else MGDATA_RECIPES); with neither, every enabled source."""
+    from mgdata.recipes import run_selection
+
+    sources = get_current_context()["params"].get("sources") or []
+    return list(run_selection(run.catalog, sources, list(run.settings.recipes)))
+
+
 def _in_source(source: str, step: str, fn, *args):
     """Run one stage; a skip or failure is recorded in the store so the report can say what happened."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -98,9 +110,11 @@ def plan(source: str) -> list[dict]:
 
     from mgdata.ingest import finalize_source, plan_source, unchanged
 
-    selected = get_current_context()["params"].get("sources") or []
-    if selected and source not in selected:
-        raise AirflowSkipException(f"{source} is not in this run's `sources` selection")
+    if source not in _selection(_run()):
+        raise AirflowSkipException(
+            f"{source} is not in this run's selection (the `sources` and `recipes` params; disabled sources "
+            "run only when named or needed by a recipe asked for)"
+        )
     files = _in_source(source, "plan", plan_source)
     if not files and _in_source(source, "plan", unchanged):
         _in_source(source, "finalize", finalize_source)
@@ -152,8 +166,7 @@ def assemble() -> dict:
     from mgdata.report import assemble_run
 
     run = _run()
-    selected = list(run.catalog.selected(get_current_context()["params"].get("sources") or None))
-    result = assemble_run(run, selected)
+    result = assemble_run(run, _selection(run))
     get_current_context()["outlet_events"][CORPUS].extra = result
     return result
 
@@ -218,6 +231,15 @@ def source_group(name: str, kind: str, title: str):
             items={"type": "string", "enum": list(CATALOG.sources)},
             title="Sources",
             description="Sources to ingest in this run; empty means every enabled source.",
+        ),
+        "recipes": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": list(RECIPES)},
+            title="Recipes",
+            description="Corpora to serve from the shared store (include/recipes/): their sources are ingested "
+            "and each is laid out under MGDATA_RECIPES_DIR/<name>/ with its own verdict. Empty: MGDATA_RECIPES, "
+            "else MG-LLaVA's corpus.",
         ),
         "force": Param(
             False,

@@ -244,10 +244,17 @@ def manifest_page() -> str:
     return page + _table(["column", "Arrow type", "meaning"], rows)
 
 
+def _known(facts: dict, key: str, shown: str) -> str:
+    """A recipe fact as the table shows it: `≥` when only part of it is published, and say when none is."""
+    if not facts[key]:
+        return "not published"
+    return shown if facts[f"{key}_known"] else f"≥ {shown}"
+
+
 def recipes_page() -> str:
     from mgdata.catalog import SHIPPED_CATALOG, load_catalog
     from mgdata.contracts import CONTRACTS
-    from mgdata.recipes import load_recipes
+    from mgdata.recipes import load_recipes, recipe_facts, recipe_sources
 
     catalog = load_catalog(SHIPPED_CATALOG)
     recipes = load_recipes(catalog=catalog)
@@ -257,11 +264,27 @@ def recipes_page() -> str:
         "scripts put them (paths relative to the trainer's tree), and the contract each JSON is read through "
         "(`python -m mgdata verify --recipe NAME --root TREE`).\n\n"
     )
-    rows = [
-        [f"`{r.name}`", r.title, r.trainer, f"`{r.data}`", ", ".join(r.sources), len(r.training)]
-        for r in recipes.values()
-    ]
-    page += _table(["recipe", "corpus", "trainer", "data/ is", "sources", "JSONs"], rows)
+    rows = []
+    for r in recipes.values():
+        facts = recipe_facts(r, catalog)
+
+        rows.append(
+            [
+                f"`{r.name}`",
+                r.title,
+                ", ".join(f"`{n}`" for n in recipe_sources(r)),
+                _known(facts, "samples", f"{facts['samples']:,}"),
+                _known(facts, "images", f"{facts['images']:,}"),
+                _known(facts, "bytes", _size(facts["bytes"])),
+                r.trainer,
+            ]
+        )
+    page += _table(["recipe", "corpus", "sources", "samples", "images", "bytes", "trainer"], rows)
+    page += (
+        "\nSamples: the published counts of the JSONs the verdict rests on (optional stages aside); images: the "
+        "sources' expected counts; bytes: what a first run downloads, every file of its sources with a published "
+        "size (≥ where some part is not published: the Hub's files are sized by the Hub at plan time). Sources several recipes share are fetched once.\n"
+    )
     for r in recipes.values():
         page += f"\n## {r.title} (`{r.name}`)\n\n"
         rows = [

@@ -55,8 +55,26 @@ def in_place(root: str, src_root: str | None, path: str, size: int) -> bool:
 
 def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/") -> str:
     """Link, copy or download one file into place (`_place_all` has already found it missing or different)."""
-    dst = root / path
-    src = store.local_path(f"{prefix}{path}")
+    return _place_key(store, f"{prefix}{path}", root / path)
+
+
+def place_object(store: Store, key: str, size: int, dst: str | os.PathLike) -> str:
+    """One store object at `dst` (a training JSON in a recipe's tree): "unchanged" when it is already there, else
+    linked, copied or downloaded like every file of a tree."""
+    dst, src = Path(dst), store.local_path(key)
+    try:
+        st = dst.stat()
+        if stat.S_ISREG(st.st_mode) and (
+            st.st_size == size if src is None else st.st_ino == src.stat().st_ino
+        ):
+            return "unchanged"
+    except OSError:  # not there yet
+        pass
+    return _place_key(store, key, dst)
+
+
+def _place_key(store: Store, key: str, dst: Path) -> str:
+    src = store.local_path(key)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name[:200]}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
@@ -68,7 +86,7 @@ def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/"
                 shutil.copyfile(src, tmp)
                 how = "copied"
         else:
-            with store.open_range(f"{prefix}{path}") as body, open(tmp, "wb") as out:
+            with store.open_range(key) as body, open(tmp, "wb") as out:
                 shutil.copyfileobj(body, out, 1024 * 1024)
             how = "downloaded"
         os.replace(tmp, dst)

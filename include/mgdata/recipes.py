@@ -49,6 +49,7 @@ class RecipeJSON(_Model):
     revision: str | None = None
     bytes: int | None = Field(default=None, gt=0)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    samples: int | None = Field(default=None, gt=0)  # the upstream file's sample count, where it is known
     optional: bool = False  # absent is fine (a stage that needs sources outside the catalog)
 
     @model_validator(mode="after")
@@ -57,6 +58,8 @@ class RecipeJSON(_Model):
             raise ValueError(f"contract {self.contract!r} is not one of {sorted(CONTRACTS)}")
         if (self.source is None) == (self.url is None):
             raise ValueError(f"{self.json_path}: give exactly one of source (a catalog source) and url")
+        if self.source is not None and self.store is None:
+            raise ValueError(f"{self.json_path}: give store, the key where source {self.source} lands it")
         return self
 
 
@@ -141,7 +144,62 @@ def parse_recipe(raw: object, label: str, catalog: Catalog | None = None) -> Rec
         unknown += sorted(delivered - set(catalog.sources))
         if unknown:
             raise RecipeError(f"recipe {label}: source(s) {unknown} are not in the catalog")
+        for t in recipe.training:
+            if t.source is not None and not _lands(catalog, t.source, t.store):
+                raise RecipeError(
+                    f"recipe {label}: source {t.source} lands no file at {t.store} ({t.json_path})"
+                )
     return recipe
+
+
+def _lands(catalog: Catalog, source: str, key: str) -> bool:
+    """A catalog source's plain file lands at `key` (its `target`, or under a listed folder's target)."""
+    return any(
+        not f.is_archive and (f.target == key or (f.listed and key.startswith(f"{f.target}/")))
+        for f in catalog.sources[source].files
+    )
+
+
+def recipe_sources(recipe: Recipe) -> list[str]:
+    """The sources a recipe's run ingests: its image sources and those that deliver its (non-optional) JSONs."""
+    delivering = [t.source for t in recipe.training if t.source and not t.optional]
+    return list(dict.fromkeys([*recipe.sources, *delivering]))
+
+
+def recipe_facts(recipe: Recipe, catalog: Catalog) -> dict:
+    """What a recipe amounts to upstream, from the catalog and the recipe's own facts: its samples (the JSONs'
+    published counts), images (its sources' expected counts), and the bytes a first run downloads (every file of its
+    sources with a known size); `*_known` says whether every part was known."""
+    sources = [catalog.sources[n] for n in recipe_sources(recipe)]
+    files = [f for s in sources for f in s.files]
+    counts = [t.samples for t in recipe.training if not t.optional]
+    images = [s.expected_images for s in sources if s.layout]
+    return {
+        "samples": sum(c or 0 for c in counts),
+        "samples_known": all(counts),
+        "images": sum(i or 0 for i in images),
+        "images_known": all(i is not None for i in images),
+        "bytes": sum(f.size or 0 for f in files),
+        "bytes_known": all(f.size for f in files),
+    }
+
+
+def run_selection(
+    catalog: Catalog,
+    sources: list[str] | None,
+    recipes: list[str] | None,
+    known: dict[str, Recipe] | None = None,
+) -> dict:
+    """The sources one run ingests: the named sources and every source of the named recipes; with neither, every
+    enabled source (MG-LLaVA's corpus). An unknown recipe is a RecipeError naming the shipped ones."""
+    names = list(sources or [])
+    if recipes:
+        known = known if known is not None else load_recipes(catalog=catalog)
+        unknown = sorted(set(recipes) - set(known))
+        if unknown:
+            raise RecipeError(f"unknown recipe(s) {unknown}; the shipped recipes are {sorted(known)}")
+        names += [n for r in recipes for n in recipe_sources(known[r])]
+    return catalog.selected(list(dict.fromkeys(names)) or None)
 
 
 def load_recipes(folder: str | Path = RECIPES_DIR, catalog: Catalog | None = None) -> dict[str, Recipe]:
@@ -168,13 +226,19 @@ def lay_out(store, recipe: Recipe, catalog: Catalog, root: str | Path) -> dict:
     trainer reads, `root/<data>/<its folder>/...`, in its own folder names.
 
     From a local store every file is a hardlink to the store's object, so a store serving several recipes holds each
-    image's bytes once, whatever the number of trees; a tree is exact (files its sources' manifests no longer list are
+    image's bytes once, whatever the number of trees; each training JSON is placed at its path in the tree (absent
+    ones are named); a tree is exact (files its sources' manifests no longer list are
     removed) and re-running it places nothing that is already in place (`mgdata.layout.materialize`)."""
     from mgdata import manifest
-    from mgdata.layout import add_outcome, materialize
+    from mgdata.layout import add_outcome, materialize, place_object
 
     data = Path(root) / recipe.data
-    outcome: dict = {"root": str(Path(root)), "files": 0}
+    outcome: dict = {"root": str(Path(root)), "files": 0, "jsons": {}}
+    for t in recipe.training:  # each training JSON at the path its launch script gives
+        key = store_key(recipe, t)
+        info = store.stat(key)
+        dst = Path(root) / t.json_path
+        outcome["jsons"][t.json_path] = "absent" if info is None else place_object(store, key, info.size, dst)
     for name in recipe.sources:
         table = manifest.read_table(store, manifest.source_key(name), columns=["path", "bytes", "status"])
         rows = manifest.usable(table) if table is not None else None

@@ -48,6 +48,41 @@ def _lay_out_source(run: Run, name: str, table, layout: dict) -> None:
     add_outcome(layout, materialize(run.store, run.settings.layout_dir, files, run.source(name).layout))
 
 
+def _lay_out_recipes(run: Run, sources: dict[str, dict]) -> tuple[dict, Exception | None]:
+    """The tree of every recipe the run serves (`recipes`; MG-LLaVA's is the data/ tree above) at its root, laid out
+    from the same store objects. A recipe whose sources did not all succeed is laid out with what there is (its
+    verdict says what is missing); a failing tree is reported and fails the task, so assemble is retried."""
+    from mgdata.recipes import DEFAULT_RECIPE, lay_out, load_recipes
+
+    names = [n for n in run.settings.recipes if n != DEFAULT_RECIPE]
+    if not names:
+        return {}, None
+    recipes = load_recipes(catalog=run.catalog)
+    trees: dict = {}
+    for name in names:
+        root = run.settings.recipe_root(name)
+        if root is None:
+            trees[name] = {
+                "root": None,
+                "files": 0,
+                "note": "no tree: set MGDATA_RECIPES_DIR or MGDATA_LAYOUT_DIR",
+            }
+            continue
+        try:
+            trees[name] = lay_out(run.store, recipes[name], run.catalog, root)
+        except Exception as e:
+            trees[name] = {"root": str(root), "files": 0, "error": f"{type(e).__name__}: {e}"}
+            return trees, e
+    return trees, None
+
+
+def _tree_error(layout: dict | None, trees: dict, run: Run) -> tuple[str, str]:
+    if layout and layout.get("error"):
+        return str(run.settings.layout_dir), layout["error"]
+    name, tree = next((n, t) for n, t in trees.items() if t.get("error"))
+    return f"{tree['root']} (recipe {name})", tree["error"]
+
+
 def assemble_run(run: Run, selected: list[str]) -> dict:
     store = run.store
     sources = {name: source_outcome(run, name) for name in selected}
@@ -84,6 +119,10 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
             layout_error = e
             layout["error"] = f"{type(e).__name__}: {e}"
 
+    trees: dict = {}
+    if layout_error is None:
+        trees, layout_error = _lay_out_recipes(run, sources)
+
     failed = sorted(n for n, o in sources.items() if o["status"] == "failed")
     totals = {
         k: sum(o.get(k) or 0 for o in sources.values())
@@ -100,6 +139,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
         "sources": sources,
         "totals": totals,
         "layout": layout,
+        "recipe_trees": trees,
         "quarantine": quarantine[:QUARANTINE_LISTED],
         "quarantine_total": len(quarantine),
         "ready_to_train": {
@@ -116,9 +156,9 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
     put_json(store, f"runs/{run.run_id}/report.json", report)
     store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
     if layout_error is not None:
+        where, error = _tree_error(layout, trees, run)
         raise RuntimeError(
-            f"run {run.run_id}: the data/ tree at {run.settings.layout_dir} failed: {layout['error']} "
-            "(the report is written; retry assemble)"
+            f"run {run.run_id}: the tree at {where} failed: {error} (the report is written; retry assemble)"
         ) from layout_error
     return {
         "status": report["status"],
@@ -159,7 +199,7 @@ def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store) 
     A recipe that cannot be checked (a source the run's catalog lacks, an unreadable JSON) says why; the run goes on.
     `in_store`: image paths' status in the manifests the run's check already read (no second read per recipe)."""
     from mgdata.annotations import AnnotationError
-    from mgdata.recipes import DEFAULT_RECIPE, RecipeError, check_in_store, load_recipes
+    from mgdata.recipes import DEFAULT_RECIPE, RecipeError, check_in_store, load_recipes, recipe_sources
 
     try:
         recipes = load_recipes()
@@ -168,7 +208,7 @@ def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store) 
         return {}
     verdicts = {}
     for name, recipe in recipes.items():
-        served = set(recipe.sources) <= set(outcomes)
+        served = set(recipe_sources(recipe)) <= set(outcomes)
         lacking = sorted(set(recipe.sources) - set(run.catalog.sources))
         verdict: dict = {"stages": []}
         if name == DEFAULT_RECIPE:

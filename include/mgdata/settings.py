@@ -1,8 +1,8 @@
 """Run settings: every environment variable the pipeline reads, in one table (`VARIABLES`), with its default.
 
 `VARIABLES` is what the docs' settings reference is generated from, and a test checks it against every variable the
-code reads, so the table cannot drift. The DAG's params `storage`, `s3_conn_id`, `catalog`, `layout_dir` and
-`ocr_vqa_images` override the matching variable for one run.
+code reads, so the table cannot drift. The DAG's params `storage`, `s3_conn_id`, `catalog`, `layout_dir`,
+`ocr_vqa_images` and `recipes` override the matching variable for one run.
 """
 
 from __future__ import annotations
@@ -54,6 +54,20 @@ VARIABLES: tuple[Variable, ...] = (
         "MGDATA_LAYOUT_DIR",
         "where the trainer's `data/` tree is materialised after each run",
         "unset: no local tree",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_RECIPES",
+        "the recipes a run serves (comma-separated, `include/recipes/<name>.yaml`): their sources are ingested and "
+        "each is laid out under `MGDATA_RECIPES_DIR/<name>/`",
+        "unset: every enabled source, MG-LLaVA's corpus",
+        "settings",
+    ),
+    Variable(
+        "MGDATA_RECIPES_DIR",
+        "where the trees of the recipes a run serves are laid out, one folder per recipe (MG-LLaVA's is "
+        "`MGDATA_LAYOUT_DIR`)",
+        "`recipes/` beside `MGDATA_LAYOUT_DIR`; unset with it: no recipe trees",
         "settings",
     ),
     Variable(
@@ -140,6 +154,10 @@ def env_int(variable: str, default: int, *, minimum: int = 1) -> int:
     return value
 
 
+def _names(raw: str) -> list[str]:
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
 def default_storage_url() -> str:
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
     return (home / "mgdata-store").resolve().as_uri()
@@ -152,6 +170,8 @@ class Settings:
     s3_conn_id: str | None = None
     layout_dir: str | None = None
     ocr_vqa_images: str = "urls"  # "urls" | "mirror": OCR-VQA's path to its images in this run
+    recipes: tuple[str, ...] = ()  # the recipes this run serves (their sources; their trees)
+    recipes_dir: str | None = None  # their trees' parent folder
 
     @classmethod
     def from_env(cls, overrides: dict | None = None) -> Settings:
@@ -162,7 +182,18 @@ class Settings:
             s3_conn_id=o.get("s3_conn_id") or os.environ.get("MGDATA_S3_CONN_ID") or None,
             layout_dir=o.get("layout_dir") or os.environ.get("MGDATA_LAYOUT_DIR") or None,
             ocr_vqa_images=o.get("ocr_vqa_images") or os.environ.get("MGDATA_OCR_VQA_IMAGES") or "urls",
+            recipes=tuple(o.get("recipes") or _names(os.environ.get("MGDATA_RECIPES", ""))),
+            recipes_dir=o.get("recipes_dir") or os.environ.get("MGDATA_RECIPES_DIR") or None,
         )
+
+    def recipe_root(self, name: str) -> Path | None:
+        """Where a served recipe's tree is laid out: `<recipes_dir>/<name>`, by default `recipes/` beside the
+        layout dir (MG-LLaVA's tree is the layout dir's parent); None when neither is set."""
+        if self.recipes_dir:
+            return Path(self.recipes_dir) / name
+        if self.layout_dir:
+            return Path(self.layout_dir).resolve().parent / "recipes" / name
+        return None
 
     def __post_init__(self) -> None:
         if self.ocr_vqa_images not in ("urls", "mirror"):

@@ -51,11 +51,17 @@ from offline_mirror.media import (
     write_zip,
 )
 from offline_mirror.server import Fault
-from offline_mirror.training_json import box_entry, caption_conversation
+from offline_mirror.training_json import RECIPE_JSON_SOURCES, box_entry, caption_conversation
 
 HUB_JSON = "hub.json"
 BLOBS = "hub/lfs"
-HUB_SOURCES: tuple[str, ...] = ("llava_pretrain", "allava_laion", "allava_vflan", "mgllava_annotations")
+HUB_SOURCES: tuple[str, ...] = (
+    "llava_pretrain",
+    "allava_laion",
+    "allava_vflan",
+    "mgllava_annotations",
+    *RECIPE_JSON_SOURCES,
+)
 ALLAVA_CHUNKS = 10
 
 _API = re.compile(r"^api/(models|datasets)/([^/]+/[^/]+)/(revision|tree|paths-info)/([^/]+)(?:/(.*))?$")
@@ -441,18 +447,24 @@ def build_hub_replicas(
         )  # fmt: skip
         data_paths["allava_vflan"] = [f"allava_vflan/images/{n}" for n in names]
 
-    if "mgllava_annotations" in sources:
-        rng = rng_for("mgllava_annotations")
-        from offline_mirror.training_json import build_training_jsons, docvqa_stand_in, valid_image_paths
+    def image_paths() -> dict[str, list[str]]:
+        """The usable images of every replica built, by layout prefix: what the training JSONs may cite."""
+        from offline_mirror.training_json import valid_image_paths
 
         paths = valid_image_paths(root, others, catalog)
+        for p in (p for cited in data_paths.values() for p in cited):  # the Hub image replicas built above
+            paths.setdefault("/".join(p.split("/")[:2]), []).append(p)
+        return paths
+
+    if "mgllava_annotations" in sources:
+        rng = rng_for("mgllava_annotations")
+        from offline_mirror.training_json import build_training_jsons, docvqa_stand_in
+
+        paths = image_paths()
         paths["docvqa/images"] = docvqa_stand_in(
             root, catalog, images=max(3, images_per_source // 4), seed=seed
         )[1]
-        for p in (p for cited in data_paths.values() for p in cited):  # the Hub image replicas built above
-            paths.setdefault("/".join(p.split("/")[:2]), []).append(p)
         jsons = build_training_jsons(paths, rng, allava_share=max(2, images_per_source // 4))
-        instruct = jsons.instruct
         glob_entry, glob_mirror = mirror_of("mgllava_annotations", "train_json")
         folder = glob_mirror.path_glob.split("*")[0]
         for repo_path, data in jsons.files(rng).items():
@@ -469,12 +481,13 @@ def build_hub_replicas(
         staged[key]["MG-LLaVA-vicuna-7b/iter_5198.pth"] = (
             b"PK\x03\x04 not a real checkpoint " + rng.randbytes(4096)
         )
-        mix = [
-            s
-            for s in instruct
-            if "image" not in s or s["image"].split("/")[0] in ("coco", "gqa", "textvqa", "vg")
-        ]
-        stage("mgllava_annotations", "llava_v1_5_mix665k.json", json.dumps(mix).encode())
+
+    if any(s in sources for s in RECIPE_JSON_SOURCES):  # the other recipes' JSONs, over the same images
+        from offline_mirror.training_json import recipe_jsons
+
+        for (source, name), data in recipe_jsons(image_paths(), rng_for("recipes")).items():
+            if source in sources:
+                stage(source, name, data)
 
     commits = {}
     for (repo_type, repo, revision), files in sorted(staged.items()):

@@ -538,7 +538,7 @@ def _commit_hub(root: Path, catalog, built: list[ReplicaFile], paths: dict[str, 
         else:
             stage(stub, data)
     del jsons
-    mix = ReplicaFile("mgllava_annotations", "llava_v1_5_mix665k.json", "", 0, "", 0, 0, 0)
+    mix = ReplicaFile("llava_instruct", "llava_v1_5_mix665k.json", "", 0, "", 0, 0, 0)
     stage(mix, json.dumps([{"id": "mix_0", "conversations": [{"from": "human", "value": "hi"}]}]).encode())
 
     commits = {}

@@ -25,13 +25,16 @@ from pathlib import Path
 PRETRAIN_JSON = "pretrain_blip_allava_1266k.json"
 INSTRUCT_JSON = "instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json"
 PRETRAIN_PREFIXES = ("LLaVA-Pretrain/images", "allava_laion/images")
-INSTRUCT_PREFIXES = (
+LLAVA_MIX_PREFIXES = (
     "coco/train2017",
     "gqa/images",
     "ocr_vqa/images",
     "textvqa/train_images",
     "vg/VG_100K",
     "vg/VG_100K_2",
+)
+INSTRUCT_PREFIXES = (  # LLaVA-1.5's mix is the first part of MG-LLaVA's instruct JSON
+    *LLAVA_MIX_PREFIXES,
     "allava_laion/images",
     "allava_vflan/images",
     "docvqa/images",
@@ -202,3 +205,63 @@ def build_training_jsons(
         for p in paths.get(prefix, [])[: allava_share if prefix.startswith("allava") else None]
     ]
     return TrainingJsons(_samples(pretrain, rng, "pretrain"), _samples(instruct, rng, "instruct"))
+
+
+# --- the other recipes' JSONs (include/recipes/) ---------------------------------------------------------------------
+
+# ShareGPT4V's SFT mix reads LLaVA-1.5's folders, SAM's SFT images and the web sets, and LLaVA-Pretrain's images under
+# its own folder name (its docs/Data.md tree: data/llava/llava_pretrain/images).
+SHAREGPT4V_PREFIXES = (
+    *LLAVA_MIX_PREFIXES,
+    "LLaVA-Pretrain/images",
+    "sam/images",
+    "share_textvqa/images",
+    "web-celebrity/images",
+    "web-landmark/images",
+    "wikiart/images",
+)
+SHAREGPT4V_FOLDERS = {"LLaVA-Pretrain/images": "llava/llava_pretrain/images"}
+ALLAVA_JSONS = {  # (folder, kind) -> the file's name in the Hub repo's folder
+    ("allava_laion", "Caption"): "ALLaVA-Caption-LAION-4V.json",
+    ("allava_laion", "Instruct"): "ALLaVA-Instruct-LAION-4V.json",
+    ("allava_vflan", "Caption"): "ALLaVA-Caption-VFLAN-4V.json",
+    ("allava_vflan", "Instruct"): "ALLaVA-Instruct-VFLAN-4V.json",
+}
+RECIPE_JSON_SOURCES = ("llava_instruct", "sharegpt4v_annotations", "allava_annotations")
+
+
+def _renamed(path: str, folders: dict[str, str]) -> str:
+    return next((new + path[len(old) :] for old, new in folders.items() if path.startswith(old + "/")), path)
+
+
+def recipe_jsons(paths: dict[str, list[str]], rng: random.Random) -> dict[tuple[str, str], bytes]:
+    """(catalog source, file name) -> bytes of the JSONs the other recipes read, in LLaVA's sample format over the
+    images the mirror delivers (`paths`, by layout prefix): LLaVA-1.5's mix665k (its five sources, text-only samples
+    between), ShareGPT4V's SFT mix (in its own folder names) and ALLaVA's caption and instruction JSONs, whose ids
+    carry the set's name (`allava_laion_cap_100277305`)."""
+
+    def cited(prefixes) -> list[str]:
+        return [p for prefix in prefixes for p in paths.get(prefix, [])]
+
+    mix = _samples(cited(LLAVA_MIX_PREFIXES), rng, "mix665k")
+    share = _samples([_renamed(p, SHAREGPT4V_FOLDERS) for p in cited(SHAREGPT4V_PREFIXES)], rng, "sharegpt4v")
+    out = {
+        ("llava_instruct", "llava_v1_5_mix665k.json"): json.dumps(mix).encode(),
+        ("sharegpt4v_annotations", "sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"): json.dumps(
+            share
+        ).encode(),
+    }
+    for (folder, kind), name in ALLAVA_JSONS.items():
+        samples = []
+        for i, path in enumerate(paths.get(f"{folder}/images", [])):
+            stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            conversations = (
+                caption_conversation(rng, image=True)
+                if kind == "Caption"
+                else _conversation(rng, image=True, turns=1 + i % 3)
+            )
+            samples.append(
+                {"id": f"{folder}_{kind.lower()[:4]}_{stem}", "image": path, "conversations": conversations}
+            )
+        out[("allava_annotations", name)] = json.dumps(samples).encode()
+    return out

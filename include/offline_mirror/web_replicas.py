@@ -48,7 +48,7 @@ from offline_mirror.media import (
 )
 
 # The Drive and URL-list replicas, served by the Drive and image-host stand-ins (build.py makes the plain-HTTP ones).
-WEB_SOURCES: tuple[str, ...] = ("share_textvqa", "web_celebrity", "web_landmark", "wikiart", "dvqa", "ocr_vqa")  # fmt: skip
+WEB_SOURCES: tuple[str, ...] = ("share_textvqa", "web_celebrity", "web_landmark", "wikiart", "sam_sft", "dvqa", "ocr_vqa")  # fmt: skip
 
 WEB_JSON = (
     "web_replicas.json"  # drive ids -> files, folders, quota ids, cover behaviours: what routes() serves
@@ -64,6 +64,7 @@ SHAREGPT4V = {
     "web_celebrity": ("web-celebrity.zip", "web-celebrity", (2023, 11, 2, 9, 13, 0)),
     "web_landmark": ("web-landmark.zip", "web-landmark", (2023, 11, 2, 9, 14, 0)),
     "wikiart": ("wikiart.zip", "wikiart", (2023, 11, 2, 9, 15, 0)),
+    "sam_sft": ("sam_images_share-sft.zip", "sam", (2023, 11, 20, 7, 0, 0)),  # inner folders [I]: flattened
 }
 # dataset.json's URLs need the server's address: built with this one, rewritten by `point_catalog`.
 PLACEHOLDER_BASE = "http://mirror.invalid"
@@ -137,6 +138,8 @@ def _web_names(source: str, rng: random.Random, n: int) -> list[str]:
         return [f"{rng.choice(_CELEBRITIES)}_{i}.jpg" for i in range(n)]
     if source == "web_landmark":
         return [f"{rng.choice(_LANDMARKS)}_{i:03d}{rng.randrange(10**5):05d}.jpg" for i in range(n)]
+    if source == "sam_sft":
+        return [f"sa_{i * 1000 + rng.randrange(1000)}.jpg" for i in range(n)]  # SA-1B's names, distinct
     return [f"{i:04x}{rng.getrandbits(48):012x}.jpg" for i in range(n)]  # share_textvqa: TextVQA-style ids
 
 

@@ -141,7 +141,30 @@ def run_summary(report: dict) -> dict:
         "ready_badge": "caveat" if caveat else verdict.replace(" ", "-"),
         "ready_note": rt.get("note") or "",
         "ready_scope": scope,
+        "recipes": served_recipes(report),
     }
+
+
+def served_recipes(report: dict) -> list[dict]:
+    """The recipes whose every source was in the run (`recipes` of the report), each with its own verdict."""
+    out = []
+    failed = report.get("status") == "failed"
+    for name, r in (report.get("recipes") or {}).items():
+        if r.get("served"):
+            verdict = "ready" if r.get("ready") else "not ready"
+            # as for the run's verdict: a ready store after a failed run never wears the plain green badge
+            badge = "caveat" if failed and r.get("ready") else verdict.replace(" ", "-")
+            note = r.get("note") or ""
+            out.append(
+                {
+                    "name": name,
+                    "title": r.get("title") or name,
+                    "ready": verdict,
+                    "badge": badge,
+                    "note": note,
+                }
+            )
+    return out
 
 
 def load_reports(store, limit: int = RUNS_LISTED) -> list[dict]:

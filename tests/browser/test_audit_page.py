@@ -103,6 +103,14 @@ def test_audit_page_in_chromium(server, browser, tmp_path):
     browser.get(f"{server}/mgdata-audit/")
     rows = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")
     assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == [RUN_3, RUN_2, RUN_1]
+    # Run 3 had every catalog source, so it served every recipe, each with its own verdict; run 1 served none
+    served = rows[0].find_elements(By.CSS_SELECTOR, "td.recipes .badge")
+    assert [b.text for b in served] == ["allava", "llava-v1.5", "mgllava", "sharegpt4v"]
+    # the store is ready for MG-LLaVA but the run failed (gqa): the caveat badge, as for the run's verdict
+    assert "caveat" in served[2].get_attribute("class").split() and "not ready" in served[0].get_attribute(
+        "title"
+    )
+    assert rows[2].find_element(By.CSS_SELECTOR, "td.recipes").text == ""
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) == 2 and all(c.size["width"] > 300 and c.size["height"] > 150 for c in charts)
     bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
@@ -115,7 +123,7 @@ def test_audit_page_in_chromium(server, browser, tmp_path):
     assert QUARANTINED in quarantine and "truncated image" in quarantine
     link = browser.find_element(By.ID, "airflow-run").get_attribute("href")
     assert link == f"{server}/dags/mgllava_data/runs/{quote(RUN_1, safe='')}"
-    assert "sam/images" in browser.find_element(By.ID, "prefixes").text
+    assert "mmc4/images" in browser.find_element(By.ID, "prefixes").text
     browser.save_screenshot(str(tmp_path / "audit-run.png"))
     print(f"screenshots: {tmp_path}/audit-runs.png, {tmp_path}/audit-run.png")
     docs = os.environ.get("MGDATA_DOCS_SCREENSHOTS")
@@ -213,11 +221,11 @@ def test_dead_urls_and_the_verdicts_scope_show(server, signed_in, tmp_path):
     assert _column(browser, rows[RUN_2], "missing") == "0"
     assert "whole store" in browser.find_element(By.CSS_SELECTOR, "#runs tr").text
     # Run 3 failed over a store that is ready: said so, never in the plain green "ready" badge.
-    badge = rows[RUN_3].find_elements(By.CSS_SELECTOR, ".badge")[-1]
+    badge = rows[RUN_3].find_element(By.CSS_SELECTOR, "td.verdict .badge")
     assert badge.text == "store ready, run failed" and "ready" not in badge.get_attribute("class").split()
     assert badge.value_of_css_property("background-color") != "rgba(220, 252, 231, 1)"
     assert "whole store" in badge.get_attribute("title") and "gqa" in badge.get_attribute("title")
-    assert rows[RUN_2].find_elements(By.CSS_SELECTOR, ".badge")[-1].text == "not ready"
+    assert rows[RUN_2].find_element(By.CSS_SELECTOR, "td.verdict .badge").text == "not ready"
 
     rows[RUN_3].find_element(By.TAG_NAME, "a").click()
     verdict = browser.find_element(By.ID, "verdict")

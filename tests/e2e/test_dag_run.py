@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mgdata import manifest
+from mgdata.catalog import load_catalog
 from mgdata.manifest import row_schema
 from mgdata.report import REPORT_SCHEMA
 from mgdata.storage import open_store, s3_client
@@ -51,7 +53,16 @@ def mirror(tmp_path_factory):
         e["missing"] += r.missing  # OCR-VQA's dead URLs
         e["bytes"] += (root / r.relpath).stat().st_size  # as served (OCR-VQA's URL list is rewritten)
         e["files"] += 1
-    yield SimpleNamespace(root=root, server=server, catalog=catalog, expected=dict(expected))
+    # A run without recipes ingests the enabled sources; the other recipes' own sources (sam_sft, their JSONs) wait
+    # for a run that asks for their recipe.
+    enabled = {n for n, s in load_catalog(catalog).sources.items() if s.enabled}
+    yield SimpleNamespace(
+        root=root,
+        server=server,
+        catalog=catalog,
+        expected={n: e for n, e in expected.items() if n in enabled},
+        everything=dict(expected),
+    )
     server.stop()
 
 
@@ -185,15 +196,19 @@ def assert_first_run(report: dict, expected: dict, store) -> None:
     assert all(q["error"] for q in report["quarantine"])
 
 
-def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
-    store_url = (tmp_path / "store").as_uri()
-    layout = tmp_path / "data"
-    env = {
+def local_env(mirror, store_url: str, layout: Path) -> dict:
+    """A run on a local-folder store against the mirror, its data/ tree at `layout`."""
+    return {
         "MGDATA_STORAGE": store_url,
         "MGDATA_CATALOG": str(mirror.catalog),
         "MGDATA_GDRIVE_URL": f"{mirror.server.base_url}/drive.google.com",
         "MGDATA_LAYOUT_DIR": str(layout),
     }
+
+
+def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
+    store_url, layout = (tmp_path / "store").as_uri(), tmp_path / "data"
+    env = local_env(mirror, store_url, layout)
     first = run_dag(airflow_home, **env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     store = open_store(store_url)
@@ -359,3 +374,61 @@ def test_failed_source_fails_the_run_but_the_others_are_assembled(mirror, airflo
         "ai2d" in report["sources"]["ai2d"]["error"]
         and "gone/ai2d-all.zip" in report["sources"]["ai2d"]["error"]
     )
+
+
+def test_one_store_serves_every_recipe_each_image_held_once(mirror, airflow_home, tmp_path):
+    """A run asked for all four recipes ingests the union of their sources into one store, lays out each recipe's
+    tree from the same objects (hardlinks: every image's bytes once), and gives each its own verdict."""
+    store_url, layout = (tmp_path / "store").as_uri(), tmp_path / "data"
+    env = local_env(mirror, store_url, layout)
+    store = open_store(store_url)
+    store.put_file("inbox/docvqa/train.tar.gz", mirror.root / "datasets.cvc.uab.es/rrc/DocVQA/train.tar.gz")
+    recipes = ["mgllava", "llava-v1.5", "sharegpt4v", "allava"]
+    run = run_dag(airflow_home, {"recipes": recipes}, **env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = latest_report(store)
+    assert report["status"] == "success", report["failed_sources"]
+    assert set(report["sources"]) == set(mirror.everything) | {
+        "docvqa"
+    }  # the union of the four recipes' sources
+    for name in recipes:
+        verdict = report["recipes"][name]
+        assert verdict["served"] and verdict["ready"], (name, verdict["note"])
+    share = report["recipes"]["sharegpt4v"]["stages"]
+    assert [(s["stage"], s["checked"]) for s in share] == [
+        ("finetune", True),
+        ("pretrain", False),
+    ]  # optional
+    assert report["recipes"]["llava-v1.5"]["stages"][1]["text_only"] > 0
+
+    # Each recipe's tree, in its trainer's folder names, beside MG-LLaVA's data/
+    trees = report["recipe_trees"]
+    assert set(trees) == {"llava-v1.5", "sharegpt4v", "allava"}
+    for name, tree in trees.items():
+        assert tree["root"] == str(tmp_path / "recipes" / name) and tree["files"] > 0
+        assert set(tree["jsons"].values()) <= {"linked", "absent"}
+    share_root = tmp_path / "recipes" / "sharegpt4v"
+    assert (share_root / "data/llava/llava_pretrain/images").is_dir() and (
+        share_root / "data/sam/images"
+    ).is_dir()
+    assert (
+        share_root / "data/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
+    ).is_file()
+    assert (tmp_path / "recipes/llava-v1.5/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json").is_file()
+    assert (tmp_path / "recipes/allava/allava_laion/ALLaVA-Caption-LAION-4V.json").is_file()
+
+    # One copy of the bytes: every file of every tree is a hardlink of a store object
+    store_files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    store_inodes = {p.stat().st_ino for p in store_files}
+    tree_files = [
+        p for root in (layout, *(tmp_path / "recipes").iterdir()) for p in root.rglob("*") if p.is_file()
+    ]
+    assert len(tree_files) > sum(t["files"] for t in trees.values())
+    assert {p.stat().st_ino for p in tree_files} <= store_inodes
+    data_bytes = sum(p.stat().st_size for p in (tmp_path / "store" / "data").rglob("*") if p.is_file())
+    usable = 0
+    for name in report["sources"]:
+        table = pq.read_table(io.BytesIO(store.read_bytes(f"manifests/{name}.parquet")))
+        usable += sum(manifest.usable(table)["bytes"].to_pylist())
+    assert data_bytes == usable  # the store's images are exactly the union of the sources' usable images
+    assert assert_outputs_match_schemas(store) == 1

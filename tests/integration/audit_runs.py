@@ -1,7 +1,7 @@
 """Two runs' worth of store content for the audit page's tests, written by the library's own assemble and verify.
 
 Run 1: coco ingested (3 usable images, 1 quarantined), gqa failed, llava_pretrain skipped; one of the two required
-training JSONs is in the store, with a missing image, a `sam/` path no source provides and a sample without boxes.
+training JSONs is in the store, with a missing image, an `mmc4/` path no source provides and a sample without boxes.
 Run 2: an unchanged refresh of coco (nothing fetched, nothing changed) and gqa ingested.
 Run 3 (`make_failed_ready_run`, for the page's layout): a scheduled run whose logical date is earlier than run 2's but
 which finished last; every catalog source (a full chart legend), OCR-VQA with dead URLs, gqa failed again, and the
@@ -104,7 +104,7 @@ def make_runs(store_url: str) -> list[str]:
     samples = [
         {"id": "000000000009", "image": "coco/train2017/000000000009.jpg", "conversations": turn},
         {"id": "9b", "image": "coco/train2017/000000000404.jpg", "conversations": turn},
-        {"id": "sa_1", "image": "sam/images/sa_1.jpg", "conversations": turn},
+        {"id": "sa_1", "image": "mmc4/images/sa_1.jpg", "conversations": turn},
         {"id": "t", "conversations": turn[1:]},
         {
             "id": "user-role",

@@ -73,7 +73,7 @@ def test_run_page_with_a_bearer_token(client):
     assert QUARANTINED in html and "truncated image" in html
     assert f'href="/dags/mgllava_data/runs/{quote(RUN_1, safe="")}"' in html
     assert "HTTP 503 from downloads.cs.stanford.edu" in html
-    assert "sam/images" in html and "no catalog source provides this prefix" in html
+    assert "mmc4/images" in html and "no catalog source provides this prefix" in html
     assert "coco/train2017/000000000404.jpg" in html
     # the trainer's contract, rule by rule: what fired, how often, the first offending ids, where the trainer does it
     assert 'id="findings"' in html and "role_invalid" in html and "user-role" in html

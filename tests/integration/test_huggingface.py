@@ -117,18 +117,17 @@ def test_vision_flan_zip_lands_in_images_191task_1k(hub):
 
 def test_annotations_list_train_json_and_never_touch_checkpoints_or_eval_files(hub):
     summary = ingest(hub, "mgllava_annotations", "r1")
-    assert (summary["status"], summary["files_fetched"]) == ("ok", 5)
+    assert (summary["status"], summary["files_fetched"]) == ("ok", 4)
     keys = sorted(o.key for o in hub.store.list("annotations/"))
     assert keys == [
         "annotations/bbox_json/train/instruct_llava_allava_doc_dvqa_share_ai2d_1383k_only_box.json",
         "annotations/bbox_json/train/pretrain_blip_allava_1266k_only_box.json",
-        "annotations/llava_v1_5_mix665k.json",
         "annotations/train_json/instruct_llava_allava_doc_dvqa_share_ai2d_1383k.json",
         "annotations/train_json/pretrain_blip_allava_1266k.json",
     ]
     fetched = [p for _, p in resolves(hub, "MG-LLaVA")]
     assert not any(p.endswith(".pth") or "/eval/" in p for p in fetched), fetched
-    train = json.loads(hub.store.read_bytes(keys[3]))
+    train = json.loads(hub.store.read_bytes(keys[2]))
     boxes = {b["id"] for b in json.loads(hub.store.read_bytes(keys[0]))}
     assert any("image" not in s for s in train)  # a text-only sample
     ids = [s["id"] for s in train if "image" in s]

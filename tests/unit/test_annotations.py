@@ -45,7 +45,7 @@ SAMPLES = [
     sample("text-only"),  # no image: skipped
     sample("missing", "coco/train2017/000000000404.jpg"),
     sample("broken", "gqa/images/broken.jpg"),
-    sample("sam", "sam/images/sa_1.jpg"),  # a prefix no catalog source provides
+    sample("sam", "mmc4/images/sa_1.jpg"),  # a prefix no catalog source provides
     sample("no-boxes", "coco/train2017/000000000009.jpg"),
 ]
 BOX_IDS = ["000000033471", "52", "missing", "broken", "sam"]
@@ -85,16 +85,16 @@ def test_missing_broken_text_only_duplicates_and_missing_boxes(data, jsons):
     assert report["checked"] is True and report["ready"] is False
     assert (report["samples"], report["text_only"]) == (8, 1)
     assert (report["referenced"], report["present"], report["missing"], report["broken"]) == (7, 4, 2, 1)
-    assert report["missing_by_prefix"] == {"coco/train2017": 1, "sam/images": 1}
-    assert report["first_missing"] == ["coco/train2017/000000000404.jpg", "sam/images/sa_1.jpg"]
+    assert report["missing_by_prefix"] == {"coco/train2017": 1, "mmc4/images": 1}
+    assert report["first_missing"] == ["coco/train2017/000000000404.jpg", "mmc4/images/sa_1.jpg"]
     assert report["first_broken"] == ["gqa/images/broken.jpg"]
     assert report["ids_without_boxes"] == 1 and report["first_ids_without_boxes"] == ["no-boxes"]
-    coco, gqa, sam = (report["by_prefix"][p] for p in ("coco/train2017", "gqa/images", "sam/images"))
+    coco, gqa, sam = (report["by_prefix"][p] for p in ("coco/train2017", "gqa/images", "mmc4/images"))
     assert (coco["source"], coco["referenced"], coco["present"], coco["missing"]) == ("coco", 4, 3, 1)
     assert (gqa["source"], gqa["broken"], gqa["first_missing"]) == ("gqa", 1, ["gqa/images/broken.jpg"])
     assert sam["source"] is None and sam["note"] == "no catalog source provides this prefix"
-    assert report["unprovided_prefixes"] == ["sam/images"]
-    assert "1 coco/train2017 missing; 1 sam/images missing: no catalog source" in report["note"]
+    assert report["unprovided_prefixes"] == ["mmc4/images"]
+    assert "1 coco/train2017 missing; 1 mmc4/images missing: no catalog source" in report["note"]
     assert "1 image samples whose id has no entry in the bbox JSON" in report["note"]
     assert report["findings"]["image_broken"] == {
         "effect": "crash",
@@ -179,7 +179,7 @@ def test_command_exit_status_and_report(data, jsons, tmp_path):
         [*cmd, "--boxes", str(bbox), "--report", str(out)], capture_output=True, text=True
     )
     assert not_ready.returncode == 1, not_ready.stderr
-    assert "sam/images" in not_ready.stdout and "coco/train2017/000000000404.jpg" in not_ready.stdout
+    assert "mmc4/images" in not_ready.stdout and "coco/train2017/000000000404.jpg" in not_ready.stdout
     assert json.loads(out.read_text())["missing"] == 2
     ok = tmp_path / "ok.json"
     ok.write_text(json.dumps(SAMPLES[:4]))

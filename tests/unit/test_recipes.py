@@ -73,7 +73,10 @@ def test_the_shipped_recipes_load_against_the_shipped_catalog():
     for recipe in recipes.values():
         assert set(recipe.sources) <= set(CATALOG.sources)
         assert all(t.contract in CONTRACTS for t in recipe.training)
-    assert set(recipes["mgllava"].sources) == set(CATALOG.sources)  # MG-LLaVA's corpus is the whole catalog
+    # MG-LLaVA's corpus is every source the catalog enables, but LLaVA's mix JSON, which the catalog's optional
+    # mix665k check reads; the other recipes' own sources are off until a run asks for their recipe
+    enabled = {n for n, s in CATALOG.sources.items() if s.enabled}
+    assert set(recipes["mgllava"].sources) == enabled - {"llava_instruct"}
 
 
 def test_a_recipe_over_llava_1_5s_tree_is_ready_and_counts_text_only_samples_apart(llava_tree, tmp_path):
@@ -113,11 +116,11 @@ def test_an_absent_json_is_named_and_blocks_unless_its_stage_is_optional(tmp_pat
     code, result = verify("--recipe", "sharegpt4v", "--root", str(root), tmp_path=tmp_path)
     finetune, pretrain = result["stages"]
     assert pretrain["optional"] and not pretrain["checked"]  # the 1.2M-caption stage: absent, not required
-    # ShareGPT4V's llava/llava_pretrain folder is LLaVA-Pretrain's images; SAM is outside the catalog, and named
+    # ShareGPT4V's llava/llava_pretrain folder is LLaVA-Pretrain's images; SAM's SFT images are the sam_sft source's
     assert finetune["by_prefix"]["llava/llava_pretrain/images"]["source"] == "llava_pretrain"
-    assert finetune["by_prefix"]["sam/images"]["source"] is None
-    assert "sam_images_share-sft.zip" in finetune["by_prefix"]["sam/images"]["note"]
-    assert finetune["unprovided_prefixes"] == ["sam/images"]
+    assert finetune["by_prefix"]["sam/images"]["source"] == "sam_sft"
+    assert finetune["by_prefix"]["sam/images"]["missing"] == 1
+    assert finetune["unprovided_prefixes"] == []
     assert code == 1 and not result["ready"]
 
     (root / mix).unlink()
@@ -244,7 +247,7 @@ def test_the_layout_command_lays_out_a_recipe_from_the_configured_store_and_name
     out = capsys.readouterr().out
     assert (root / "coco/train2017/1.jpg").is_file()
     assert "llava-v1.5: 1 images" in out and "1 linked" in out
-    assert "put llava_v1_5_mix665k.json there (from https://huggingface.co/" in out
+    assert "put llava_v1_5_mix665k.json there (source llava_instruct)" in out
     assert main(["layout", "--recipe", "nope", "--root", str(root)]) == 2
 
 
@@ -273,23 +276,21 @@ def test_a_recipes_verdict_comes_from_the_shared_store_each_json_where_the_store
         1,
     )
     assert not pretrain["checked"] and not llava["ready"]
-    assert "recipes/llava-v1.5/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" in llava["note"]  # where to put it
+    assert "annotations/blip_laion_cc_sbu_558k.json" in llava["note"]  # where its source lands it
     store.put_bytes(
-        "recipes/llava-v1.5/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+        "annotations/blip_laion_cc_sbu_558k.json",
         json.dumps([{"id": "1", "image": "00000/1.jpg", "conversations": chat()}]).encode(),
     )
     assert check_in_store(store, recipes["llava-v1.5"], CATALOG)["ready"]
 
-    # ShareGPT4V's llava/llava_pretrain folder resolves to LLaVA-Pretrain's objects; its SAM folder is named as absent
+    # ShareGPT4V's llava/llava_pretrain folder resolves to LLaVA-Pretrain's objects; its SAM images are missing
     share = [
         {"id": "1", "image": "llava/llava_pretrain/images/00000/1.jpg", "conversations": chat()},
         {"id": "2", "image": "sam/images/sa_1.jpg", "conversations": chat()},
     ]
-    key = "recipes/sharegpt4v/data/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
+    key = "annotations/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
     store.put_bytes(key, json.dumps(share).encode())
     verdict = check_in_store(store, recipes["sharegpt4v"], CATALOG)
     finetune = verdict["stages"][0]
-    assert (finetune["present"], finetune["missing"]) == (1, 1) and "sam_images_share-sft.zip" in finetune[
-        "note"
-    ]
+    assert (finetune["present"], finetune["missing"]) == (1, 1) and "sam/images" in finetune["note"]
     assert not verdict["ready"] and verdict["stages"][1]["optional"]
