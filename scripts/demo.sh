@@ -68,14 +68,14 @@ print(f"\nreport: {store.describe(runs[-1])}\n        {store.describe(runs[-1].r
 print(f"data/:  {os.environ.get('MGDATA_LAYOUT_DIR') or 'not materialised'}")
 print(f"log:    $demo/dags-test.log")
 print("UI:     make ui-demo (Airflow and the audit page on this store; same Airflow home as make ui)")
-asked = [r for r in os.environ.get("MGDATA_RECIPES", "").split(",") if r.strip()]
-for name in (r.strip() for r in asked):
+asked = [r.strip() for r in os.environ.get("MGDATA_RECIPES", "").split(",") if r.strip()]
+for name in (r for r in asked if r != "mgllava"):  # MG-LLaVA's verdict is the run's, below
     verdict, tree = report.get("recipes", {}).get(name, {}), report.get("recipe_trees", {}).get(name)
     where = f" tree: {tree['root']} ({tree['files']:,} images)" if tree and tree.get("root") else ""
     print(f"recipe {name}:{where}\n  {verdict.get('note', 'not checked')}")
 ready = report["ready_to_train"]
 if not asked or "mgllava" in asked:
-    print(f"\n{ready.get('note', 'ready to train: not checked')}")
+    print(f"\nMG-LLaVA: {ready.get('note', 'ready to train: not checked')}")
 if (not asked or "mgllava" in asked) and not ready.get("ready") and report["sources"].get("docvqa", {}).get("status") == "skipped":
     # DocVQA registers its users; the sample mirror holds the archive a registered user downloads.
     archive = "$demo/mirror/datasets.cvc.uab.es/rrc/DocVQA/train.tar.gz"
@@ -85,6 +85,6 @@ if (not asked or "mgllava" in asked) and not ready.get("ready") and report["sour
     else:
         put = f"copy {archive} to {store.describe(inbox)}"
     print(f"to make it ready, provide DocVQA (here: the mirror's stand-in archive) and run the demo again:\n"
-          f"  {put} && scripts/demo.sh")
+          f"  {put} && {'RECIPE=' + ','.join(asked) + ' ' if asked else ''}scripts/demo.sh")
 PY
 exit $status
