@@ -102,19 +102,16 @@ def merge(counts: Tally, later: Tally) -> None:
 
 
 class Said(NamedTuple):
-    """What a rule says of one folder: the source's file at fault, the fix (None: nothing to do), the sentence."""
+    """What a rule says of one folder: the source's file at fault, the fix (None: nothing to do), and what is wrong
+    (the report's sentence adds the examples and the fix)."""
 
     file: str | None
     fix: str | None
-    message: str
+    says: str
 
 
 def _cited(p: Place) -> str:
     return ", ".join(p.jsons)
-
-
-def _examples(p: Place) -> str:
-    return ", ".join(p.first[:3]) + (", ..." if p.count > 3 else "")
 
 
 def _sources(catalog) -> dict:
@@ -147,35 +144,25 @@ def url_dead(folder: str, p: Place, catalog) -> Said:
     fix = _mirror_path(catalog, p.source, folder) or (
         f"no other path of source {p.source} delivers them: add an archive of them to its files"
     )
-    return Said(
-        file,
-        fix,
-        f"{p.count:,} {folder} images cited by {_cited(p)} were never delivered: their URLs in source "
-        f"{p.source}'s {file or 'URL list'} are dead ({_examples(p)}); fix: {fix}",
-    )
+    says = f"their URLs in source {p.source}'s {file or 'URL list'} are dead"
+    return Said(file, fix, f"{p.count:,} {folder} images cited by {_cited(p)} were never delivered: {says}")
 
 
 def format_misnamed(folder: str, p: Place, catalog) -> Said:
     where = f" (source {p.source}'s {p.file})" if p.file else f" (source {p.source})" if p.source else ""
-    return Said(
-        p.file,
-        None,
-        f"{p.count:,} {folder} images cited by {_cited(p)} hold bytes of another format than their name{where} "
-        f"({_examples(p)}): the trainer reads them (Pillow opens by content), nothing to do",
-    )
+    says = f"hold bytes of another format than their name{where}: the trainer reads them (Pillow opens by content)"
+    return Said(p.file, None, f"{p.count:,} {folder} images cited by {_cited(p)} {says}")
 
 
 def format_misnamed_quarantined(folder: str, p: Place, catalog) -> Said:
     file = p.file or _url_list(catalog, p.source)
     mirror = _mirror_path(catalog, p.source, folder)
     fix = "replace them with copies the trainer opens" + (f", or {mirror}" if mirror else "")
-    return Said(
-        file,
-        fix,
-        f"{p.count:,} {folder} images cited by {_cited(p)} are in quarantine/{p.source}/: their bytes are another "
-        f"format than their name and did not convert (source {p.source}'s {file or 'files'}; {_examples(p)}); "
-        f"fix: {fix}",
+    says = (
+        f"are in quarantine/{p.source}/: their bytes are another format than their name and did not convert "
+        f"(source {p.source}'s {file or 'files'})"
     )
+    return Said(file, fix, f"{p.count:,} {folder} images cited by {_cited(p)} {says}")
 
 
 def outside_layout(folder: str, p: Place, catalog) -> Said:
@@ -192,12 +179,7 @@ def outside_layout(folder: str, p: Place, catalog) -> Said:
     else:
         fix = "add a source that lays it out to the catalog" + (" and the recipe" if recipe else "")
     scope = "none of the recipe's sources" if recipe else "no catalog source"
-    return Said(
-        None,
-        fix,
-        f"{p.count:,} images cited by {_cited(p)} lie in {folder}, which {scope} lays out ({_examples(p)}); "
-        f"fix: {fix}",
-    )
+    return Said(None, fix, f"{p.count:,} images cited by {_cited(p)} lie in {folder}, which {scope} lays out")
 
 
 def text_only(json: str, p: Place, catalog) -> Said:
@@ -219,9 +201,17 @@ def report(counts: Tally, catalog) -> dict:
     for name, (effect, what, upstream) in PITFALLS.items():
         by = {}
         for folder, p in sorted(counts[name].items()):
-            said = RULES[name](folder, p, catalog)
-            by[folder] = {"count": p.count, "first": p.first, "source": p.source, "jsons": p.jsons}
-            by[folder] |= said._asdict()
+            file, fix, says = RULES[name](folder, p, catalog)
+            examples = f" ({', '.join(p.first[:3])}{', ...' if p.count > 3 else ''})" if p.first else ""
+            message = says + examples + (f"; fix: {fix}" if fix else "")
+            by[folder] = {
+                "count": p.count,
+                "first": p.first,
+                "source": p.source,
+                "file": file,
+                "jsons": p.jsons,
+            }
+            by[folder] |= {"fix": fix, "message": message}
         count = sum(p["count"] for p in by.values())
         out[name] = {"effect": effect, "what": what, "upstream": upstream, "count": count, "by": by}
     return out

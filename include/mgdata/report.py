@@ -198,10 +198,34 @@ def _recipes_html(recipes: dict) -> str:
     e = html.escape
     items = "".join(
         f"<li><strong>{e(r['title'])}</strong> (<code>{e(name)}</code>"
-        f"{'' if r['served'] else ', not all its sources in this run'}): {e(r['note'])}</li>"
+        f"{'' if r['served'] else ', not all its sources in this run'}): {e(r['note'])}"
+        f"{_stages_html(r.get('stages') or [])}</li>"
         for name, r in recipes.items()
     )
     return f"<h3>Recipes</h3><ul>{items}</ul>"
+
+
+def _issue(url: str) -> str:
+    """`LLaVA #1618` for https://github.com/haotian-liu/LLaVA/issues/1618."""
+    parts = url.rstrip("/").split("/")
+    return f"{parts[-3]} #{parts[-1]}" if len(parts) >= 4 else url
+
+
+def _stages_html(stages: list[dict]) -> str:
+    """A recipe's stages: what each read (text-only samples counted apart) and whether it is ready (the recipe's note
+    says why not)."""
+    e = html.escape
+    items = "".join(
+        f"<li>{e(s['stage'])}: "
+        + (
+            f"{s['samples']:,} samples ({s['text_only']:,} text-only), {'ready' if s['ready'] else 'not ready'}"
+            if s["checked"]
+            else e(s["note"])
+        )
+        + "</li>"
+        for s in stages
+    )
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def _ready_html(rt: dict) -> str:
@@ -217,7 +241,7 @@ def _ready_html(rt: dict) -> str:
     files = "".join(
         f"<li><code>{e(f['json'])}</code>: {e(f['status'])} · "
         + (
-            f"{f['samples']:,} samples, {f['ids_without_boxes']:,} without boxes"
+            f"{f['samples']:,} samples ({f['text_only']:,} text-only), {f['ids_without_boxes']:,} without boxes"
             if f["status"] == "checked"
             else e(f.get("note") or "")
         )
@@ -230,7 +254,28 @@ def _ready_html(rt: dict) -> str:
         if rows
         else ""
     )
-    return f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}{_findings_html(rt)}"
+    return (
+        f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}"
+        f"{_pitfalls_html(rt)}{_findings_html(rt)}"
+    )
+
+
+def _pitfalls_html(rt: dict) -> str:
+    """The named checks of the known pitfalls that fired: per folder, the sentence (source, file, examples, fix)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr class='{e(p['effect'])}'><td><code>{e(name)}</code></td><td>{e(p['effect'])}</td>"
+        f"<td>{e(folder)}</td><td>{f['count']:,}</td><td>{e(f['message'])}</td>"
+        f"<td><a href='{e(p['upstream'])}'>{e(_issue(p['upstream']))}</a></td></tr>"
+        for name, p in (rt.get("pitfalls") or {}).items()
+        for folder, f in p["by"].items()
+    )
+    if not rows:
+        return ""
+    return (
+        "<h3>Known pitfalls</h3><table><tr><th>check</th><th>effect</th><th>prefix or JSON</th><th>count</th>"
+        f"<th>what and the fix</th><th>reported upstream</th></tr>{rows}</table>"
+    )
 
 
 def _findings_html(rt: dict) -> str:
