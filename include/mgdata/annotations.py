@@ -493,7 +493,9 @@ class Check:
             unusable = counts.referenced - counts.present
             if catalog is None or not unusable or catalog.provider(prefix + "/"):
                 continue
-            place = pitfalls.Place(unusable, counts.first_missing, elsewhere(prefix), None, counts.jsons)
+            place = pitfalls.Place(
+                unusable, counts.first_missing, elsewhere(prefix + "/"), None, counts.jsons
+            )
             named["outside_layout"][prefix] = place
         for f in self.files:
             if f.get("text_only"):
@@ -527,7 +529,7 @@ class Check:
         for prefix, counts in sorted(self.prefixes.items()):
             provider = catalog.provider(prefix + "/") if catalog is not None else None
             state = (sources or {}).get(provider) if provider else None
-            other = elsewhere(prefix) if catalog is not None and not provider else None
+            other = elsewhere(prefix + "/") if catalog is not None and not provider else None
             by_prefix[prefix] = {
                 "source": provider,
                 "note": None
