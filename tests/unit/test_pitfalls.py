@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mgdata import manifest
-from mgdata.annotations import Check, check_store, folder_resolver
+from mgdata.annotations import Check, check_store, folder_resolver, store_resolver
 from mgdata.catalog import SHIPPED_CATALOG, load_catalog, parse_catalog
 from mgdata.recipes import RecipeCatalog, check_in_store, load_recipes
 from mgdata.report import REPORT_SCHEMA
@@ -91,8 +91,10 @@ def catalog_check(store, samples: list[dict]) -> dict:
 
 
 def finetune(store) -> tuple[dict, dict]:
-    """llava-v1.5's verdict from the same store (its finetune stage reads LLaVA's mix), and that stage."""
-    verdict = check_in_store(store, RECIPES["llava-v1.5"], CATALOG)
+    """llava-v1.5's verdict from the same store (its finetune stage reads LLaVA's mix), and that stage; resolved, as a
+    run resolves it, in every catalog source's manifest."""
+    in_store = store_resolver(store, list(CATALOG.sources)).in_store
+    verdict = check_in_store(store, RECIPES["llava-v1.5"], CATALOG, in_store=in_store)
     return verdict, verdict["stages"][1]
 
 
