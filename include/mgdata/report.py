@@ -260,6 +260,12 @@ def _ready_html(rt: dict) -> str:
     )
 
 
+def _titled_table(title: str, heads: tuple[str, ...], rows: str) -> str:
+    """A section's table under its heading (nothing when it has no rows)."""
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    return f"<h3>{title}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
+
+
 def _pitfalls_html(rt: dict) -> str:
     """The named checks of the known pitfalls that fired: per folder, the sentence (source, file, examples, fix)."""
     e = html.escape
@@ -270,12 +276,8 @@ def _pitfalls_html(rt: dict) -> str:
         for name, p in (rt.get("pitfalls") or {}).items()
         for folder, f in p["by"].items()
     )
-    if not rows:
-        return ""
-    return (
-        "<h3>Known pitfalls</h3><table><tr><th>check</th><th>effect</th><th>prefix or JSON</th><th>count</th>"
-        f"<th>what and the fix</th><th>reported upstream</th></tr>{rows}</table>"
-    )
+    heads = ("check", "effect", "prefix or JSON", "count", "what and the fix", "reported upstream")
+    return _titled_table("Known pitfalls", heads, rows)
 
 
 def _findings_html(rt: dict) -> str:
@@ -292,18 +294,13 @@ def _findings_html(rt: dict) -> str:
         for source, reasons in (rt.get("skipped_members") or {}).items()
         for reason, r in reasons.items()
     )
-    out = (
-        "<h3>Contract findings</h3><table><tr><th>rule</th><th>effect</th><th>count</th><th>what</th>"
-        f"<th>first</th><th>where the trainer does it</th></tr>{rows}</table>"
-        if rows
-        else ("<p>Contract findings: none.</p>" if rt.get("findings") else "")
+    heads = ("rule", "effect", "count", "what", "first", "where the trainer does it")
+    out = _titled_table("Contract findings", heads, rows) or (
+        "<p>Contract findings: none.</p>" if rt.get("findings") else ""
     )
-    if skipped:
-        out += (
-            "<h3>Archive members not extracted</h3><table><tr><th>source</th><th>reason</th><th>count</th>"
-            f"<th>examples</th></tr>{skipped}</table>"
-        )
-    return out
+    return out + _titled_table(
+        "Archive members not extracted", ("source", "reason", "count", "examples"), skipped
+    )
 
 
 def _paths_html(sources: dict) -> str:
