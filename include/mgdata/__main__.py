@@ -255,7 +255,12 @@ def recipe_summary(result: dict) -> str:
 
 
 def summary(result: dict) -> str:
-    lines = [result["note"], "", f"{result['samples']:,} samples, {result['text_only']:,} of them text-only", ""]
+    lines = [
+        result["note"],
+        "",
+        f"{result['samples']:,} samples, {result['text_only']:,} of them text-only",
+        "",
+    ]
     lines.append(
         f"{'prefix':34} {'source':16} {'referenced':>10} {'present':>10} {'missing':>9} {'broken':>7}"
     )

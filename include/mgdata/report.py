@@ -149,7 +149,8 @@ def verify_run(run: Run) -> dict:
     report["recipes"] = recipe_verdicts(run, ready, outcomes, resolve.in_store)
     put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
-    keys = ("checked", "ready", "note", "referenced", "present", "missing", "broken", "ids_without_boxes")
+    keys = ("checked", "ready", "note", "samples", "text_only", "referenced", "present", "missing", "broken")
+    keys += ("ids_without_boxes",)
     return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}
 
 
