@@ -149,8 +149,13 @@ def url_dead(folder: str, p: Place, catalog) -> Said:
 
 
 def format_misnamed(folder: str, p: Place, catalog) -> Said:
-    where = f" (source {p.source}'s {p.file})" if p.file else f" (source {p.source})" if p.source else ""
-    says = f"hold bytes of another format than their name{where}: the trainer reads them (Pillow opens by content)"
+    # from a manifest (a source named), the store holds them re-encoded; in a local folder, as they are
+    how = (
+        f"source {p.source} re-encoded them to their name's format at extraction"
+        if p.source
+        else "Pillow opens by content"
+    )
+    says = f"hold bytes of another format than their name: the trainer reads them ({how})"
     return Said(p.file, None, f"{p.count:,} {folder} images cited by {_cited(p)} {says}")
 
 

@@ -144,7 +144,10 @@ def test_misnamed_bytes_the_trainer_reads_are_a_note_and_quarantined_ones_block(
     assert read["pitfalls"]["format_misnamed"]["effect"] == "note"
     assert (place["count"], place["source"], place["fix"]) == (1, "ocr_vqa", None)
     assert place["first"] == ["ocr_vqa/images/3.jpg (GIF bytes, re-encoded at extraction)"]
-    assert "the trainer reads them (Pillow opens by content)" in place["message"]
+    assert (
+        "the trainer reads them (source ocr_vqa re-encoded them to their name's format at extraction)"
+        in place["message"]
+    )
     assert (
         read["note"].startswith("ready to train: all 2 referenced images open")
         and f"notes: {place['message']}" in read["note"]
@@ -181,6 +184,7 @@ def test_misnamed_bytes_in_a_local_folder_are_found_when_images_are_opened(tmp_p
     assert report["ready"] and only(report, "format_misnamed")["first"] == [
         "ocr_vqa/images/1.jpg (GIF bytes)"
     ]
+    assert "the trainer reads them (Pillow opens by content)" in report["note"]
     assert run(decode=False)["pitfalls"]["format_misnamed"]["count"] == 0  # --fast opens nothing
 
 
