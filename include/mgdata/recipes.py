@@ -226,10 +226,8 @@ def check_in_store(
     if in_store is None:
         in_store = store_resolver(store, [n for n in recipe.sources if n in catalog.sources]).in_store
     laid_out: dict[str, bool] = {}  # folder (ours) -> one of the recipe's sources lays it out
-    last: list = [
-        None,
-        None,
-    ]  # the last (image, folder) and its answer: a named check asks again for the same image
+    # the last (image, folder) and its answer: a named check asks again for the image just resolved
+    last: list = [None, None]
 
     def ours(image: str, folder: str) -> str | None:
         """The image's data/-relative path in our names, or None when the recipe's tree cannot hold it: outside
