@@ -255,7 +255,12 @@ def recipe_summary(result: dict) -> str:
 
 
 def summary(result: dict) -> str:
-    lines = [result["note"], ""]
+    lines = [
+        result["note"],
+        "",
+        f"{result['samples']:,} samples, {result['text_only']:,} of them text-only",
+        "",
+    ]
     lines.append(
         f"{'prefix':34} {'source':16} {'referenced':>10} {'present':>10} {'missing':>9} {'broken':>7}"
     )
@@ -274,6 +279,10 @@ def summary(result: dict) -> str:
             )
     if not any(f["count"] for f in result["findings"].values()):
         lines.append("  none")
+    fired = [(name, p) for name, p in result["pitfalls"].items() if p["count"] and name != "text_only"]
+    if fired:
+        lines.append("\nknown pitfalls (named check, effect: what, fix):")
+        lines += [f"  {name} {p['effect']}: {f['message']}" for name, p in fired for f in p["by"].values()]
     for title, key in (("first missing", "first_missing"), ("first broken", "first_broken")):
         if result[key]:
             lines.append(f"\n{title}:\n  " + "\n  ".join(result[key]))

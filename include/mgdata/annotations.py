@@ -25,6 +25,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO, Literal
 
+from mgdata import pitfalls
 from mgdata.catalog import Catalog, TrainingFile
 from mgdata.contracts import CONTRACTS, MGLLAVA, Contract, Rules
 from mgdata.jsonstream import StreamError, array_items, object_items
@@ -266,9 +267,12 @@ class PrefixCounts:
     broken: int = 0
     skipped: int = 0
     first_missing: list[str] = field(default_factory=list)
+    jsons: list[str] = field(default_factory=list)  # the training JSONs citing it
 
-    def add(self, path: str, status: Status) -> None:
+    def add(self, path: str, status: Status, json: str) -> None:
         self.referenced += 1
+        if not self.jsons or self.jsons[-1] != json and json not in self.jsons:
+            self.jsons.append(json)
         if status == "present":
             self.present += 1
             return
@@ -280,6 +284,7 @@ class PrefixCounts:
         for status in ("referenced", "present", "missing", "broken", "skipped"):
             setattr(self, status, getattr(self, status) + getattr(later, status))
         self.first_missing += later.first_missing[: max(0, LISTED_PER_PREFIX - len(self.first_missing))]
+        self.jsons += [j for j in later.jsons if j not in self.jsons]
 
 
 _RESOLVED_RULE = {"missing": "image_missing", "broken": "image_broken", "skipped": "image_skipped"}
@@ -307,6 +312,7 @@ class Check:
     first_missing: list[str] = field(default_factory=list)
     first_broken: list[str] = field(default_factory=list)
     skipped_reasons: dict[str, str] = field(default_factory=dict)
+    pitfalls: pitfalls.Tally = field(default_factory=pitfalls.tally)  # the named checks, per folder
 
     def __post_init__(self) -> None:
         self.rules: Rules = {}
@@ -363,6 +369,8 @@ class Check:
             own_findings["box_entry_without_id"] += rest
             self.findings["box_entry_without_id"].count += rest
 
+        why = getattr(resolve, "why", None)  # what the resolver knows beyond the status (a named check)
+
         def settle(image: str, status: Status) -> None:
             own["referenced"] += 1
             own[status] += 1
@@ -370,7 +378,10 @@ class Check:
             counts = self.prefixes.get(prefix)
             if counts is None:
                 counts = self.prefixes[prefix] = PrefixCounts()
-            counts.add(image, status)
+            counts.add(image, status, name)
+            said = why(image, status) if why is not None else None
+            if said is not None:
+                pitfalls.add(self.pitfalls, said, prefix, image, name)
             if status != "present":
                 hit(_RESOLVED_RULE[status], image)
                 listed = self.first_broken if status == "broken" else self.first_missing
@@ -468,9 +479,28 @@ class Check:
         for image, reason in later.skipped_reasons.items():
             if len(self.skipped_reasons) < LISTED:
                 self.skipped_reasons[image] = reason
+        pitfalls.merge(self.pitfalls, later.pitfalls)
         self.samples += later.samples
         self.text_only += later.text_only
         self.files += later.files
+
+    def _named(self, catalog) -> pitfalls.Tally:
+        """The named checks' counts: what the resolver said of each image, and the two the check sees itself (images
+        in a folder no source lays out, counted where they are not usable; text-only samples, per JSON)."""
+        named = {name: dict(places) for name, places in self.pitfalls.items()}
+        elsewhere = getattr(catalog, "elsewhere", lambda prefix: None)
+        for prefix, counts in sorted(self.prefixes.items()):
+            unusable = counts.referenced - counts.present
+            if catalog is None or not unusable or catalog.provider(prefix + "/"):
+                continue
+            place = pitfalls.Place(
+                unusable, counts.first_missing, elsewhere(prefix + "/"), None, counts.jsons
+            )
+            named["outside_layout"][prefix] = place
+        for f in self.files:
+            if f.get("text_only"):
+                named["text_only"][f["json"]] = pitfalls.Place(f["text_only"], jsons=[f["json"]])
+        return named
 
     def absent(self, name: str, boxes_name: str | None, *, optional: bool, why: str) -> None:
         self.files.append(
@@ -487,20 +517,25 @@ class Check:
         (`mgdata.recipes.RecipeCatalog`, which may also say what would provide a prefix none of its sources does).
         `sources`: the run's per-source {status, error}, so a missing prefix says why its source has nothing."""
         unprovided = getattr(catalog, "unprovided", lambda prefix: None)
+        elsewhere = getattr(catalog, "elsewhere", lambda prefix: None)  # a catalog source outside the recipe
         kinds = ("referenced", "present", "missing", "broken", "skipped")
         total = {k: sum(getattr(p, k) for p in self.prefixes.values()) for k in kinds}
         checked = any(f["status"] == "checked" for f in self.files)
         required_absent = [f["json"] for f in self.files if f["status"] == "absent"]
         rules = self.rules
         blocking = {r: f.count for r, f in self.findings.items() if f.count and rules[r][0] != "dropped"}
-        ready = checked and not required_absent and not blocking
         by_prefix = {}
+        named = self._named(catalog)
         for prefix, counts in sorted(self.prefixes.items()):
             provider = catalog.provider(prefix + "/") if catalog is not None else None
             state = (sources or {}).get(provider) if provider else None
+            other = elsewhere(prefix + "/") if catalog is not None and not provider else None
             by_prefix[prefix] = {
                 "source": provider,
-                "note": None if provider or catalog is None else unprovided(prefix) or NO_PROVIDER,
+                "note": None
+                if provider or catalog is None
+                else unprovided(prefix)
+                or (f"source {other} provides it; the recipe does not have it" if other else NO_PROVIDER),
                 "source_status": state.get("status") if state else None,
                 "source_error": state.get("error") if state else None,
                 **{k: getattr(counts, k) for k in kinds},
@@ -519,11 +554,15 @@ class Check:
         boxes = self.findings.get("boxes_missing", Finding())
         dropped = self.findings.get("dropped_before_reading", Finding())
         boxed = any(f.get("boxes") for f in self.files if f["status"] == "checked")
+        named = pitfalls.report(named, catalog)
+        blocked = any(f["count"] for f in named.values() if f["effect"] == "blocks")
+        ready = checked and not required_absent and not blocking and not blocked
+        verdict = _verdict(checked, ready, required_absent, total, by_prefix, findings, named, boxed=boxed)
         return {
             "contract": self.contract.name,
             "checked": checked,
             "ready": ready,
-            "note": _verdict(checked, ready, required_absent, total, by_prefix, findings, boxed=boxed),
+            "note": verdict,
             **total,
             "missing_by_prefix": {p: c.missing for p, c in sorted(self.prefixes.items()) if c.missing},
             "ids_without_boxes": boxes.count,
@@ -531,6 +570,7 @@ class Check:
             "text_only": self.text_only,
             "dropped_before_reading": dropped.count,
             "findings": findings,
+            "pitfalls": named,
             "by_prefix": by_prefix,
             "unprovided_prefixes": sorted(p for p, b in by_prefix.items() if b["note"] and not b["source"]),
             "first_missing": self.first_missing,
@@ -548,23 +588,27 @@ def _verdict(
     total: dict,
     by_prefix: dict,
     findings: dict,
+    named: dict,
     *,
     boxed: bool,
 ) -> str:
     dropped = findings.get("dropped_before_reading", {}).get("count", 0)
     if ready:
+        notes = pitfalls.messages(named, "note")
         return (
             f"ready to train: all {total['referenced']:,} referenced images open as the trainer opens them"
             + (" and every image sample has well-formed boxes" if boxed else "")
             + (f" ({dropped:,} samples the trainer drops before reading, not required)" if dropped else "")
+            + (f"; notes: {'; '.join(notes)}" if notes else "")
         )
     if not checked:
         return "not checked: no training JSON was there to read" + (
             f" ({', '.join(absent)})" if absent else ""
         )
     problems = []
+    outside = named["outside_layout"]["by"]  # said below, by its named check
     for prefix, p in by_prefix.items():
-        if p["missing"]:
+        if p["missing"] and prefix not in outside:
             why = ""
             if p["source"] and p["source_status"] not in (None, "ok"):
                 why = f": source {p['source']} {p['source_status']}" + (
@@ -576,6 +620,7 @@ def _verdict(
     for rule, f in findings.items():
         if f["count"] and f["effect"] != "dropped" and rule != "image_missing":
             problems.append(f"{f['count']:,} {f['what']}")
+    problems += pitfalls.messages(named, "blocks")
     problems += [f"{a} absent" for a in absent]
     return "not ready: " + "; ".join(problems)
 
@@ -597,18 +642,25 @@ def trainer_opens(path: str | os.PathLike) -> str | None:
 
     Above MAX_IMAGE_PIXELS Pillow only warns (DecompressionBombError comes above twice that); the warning is left to
     the caller's filters (`verify` ignores it), since changing filters here would race across threads."""
+    return _open_as_trainer(path)[0]
+
+
+def _open_as_trainer(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(`trainer_opens`'s answer, the format Pillow found in the bytes)."""
     from PIL import Image
 
     from mgdata.images import EXTERNAL_PROGRAM_FORMATS
 
+    fmt = None
     try:
         with Image.open(path) as im:
+            fmt = im.format
             if im.format in EXTERNAL_PROGRAM_FORMATS:
-                return f"{im.format} runs an external program to decode; not checked, not accepted"
+                return f"{im.format} runs an external program to decode; not checked, not accepted", fmt
             im.convert("RGB")
     except Exception as e:  # what the trainer would raise
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", fmt
+    return None, fmt
 
 
 def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike | None = None) -> Resolver:
@@ -622,12 +674,15 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     quarantined: set[str] = set()
     skipped: dict[str, str] = {}
     skipped_members: dict[str, dict] = {}  # per source: reason -> {count, first}
+    said: dict[str, pitfalls.Why] = {}  # the few paths a named check names: dead URLs, misnamed formats
     for source in sources:
-        table = manifest.read_table(store, manifest.source_key(source), columns=["path", "status"])
+        columns = ["path", "status", "format", "error"]
+        table = manifest.read_table(store, manifest.source_key(source), columns=columns)
         if table is not None:
             usable.update(manifest.usable(table)["path"].to_pylist())
             # `missing` rows (dead URLs) have no file at all: missing, not broken
             quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
+            said.update(_said_of_rows(table, source))
         paths, skipped_members[source] = read_skipped(store, source)
         skipped.update(paths)
     root = Path(layout_dir) if layout_dir else None
@@ -652,15 +707,54 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
             return "missing"
         return status
 
+    def why(image: str, status: Status) -> pitfalls.Why | None:
+        """What a named check says of an image, by its manifest row, where the status agrees with the row."""
+        w = said.get(data_relative(image) or "") if said else None
+        return w if w is not None and _SAID_STATUS[w.check] == status else None
+
+    why.present = any(_SAID_STATUS[w.check] == "present" for w in said.values())  # type: ignore[attr-defined]
+    resolve.why = why  # type: ignore[attr-defined]
+    in_store.why = why  # type: ignore[attr-defined]  # (a data/-relative path is its own `image`)
     resolve.in_store = in_store  # type: ignore[attr-defined]  # the same manifests, read once, without the tree
     resolve.skipped_reasons = skipped  # type: ignore[attr-defined]
     resolve.skipped_members = skipped_members  # type: ignore[attr-defined]
     return resolve
 
 
+# the status an image has when a named check's manifest row is the reason (a layout tree can still disagree)
+_SAID_STATUS = {"url_dead": "missing", "format_misnamed": "present", "format_misnamed_quarantined": "broken"}
+
+
+def _said_of_rows(table, source: str) -> dict[str, pitfalls.Why]:
+    """The rows a named check names: `missing` rows (a URL list's dead URLs: nothing was ever delivered), and rows
+    whose original bytes are another format than the path's name, re-encoded (`normalized`) or quarantined."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mgdata.images import misnamed
+
+    out: dict[str, pitfalls.Why] = {}
+    dead = table.filter(pc.equal(table["status"], "missing"))
+    for path, error in zip(dead["path"].to_pylist(), dead["error"].to_pylist(), strict=True):
+        out[path] = pitfalls.Why("url_dead", source, None, error or "")
+    converted = pc.is_in(table["status"], value_set=pa.array(["normalized", "invalid"]))
+    odd = table.filter(pc.and_(converted, pc.is_valid(table["format"])))
+    for row in odd.select(["path", "status", "format"]).to_pylist():
+        promised = misnamed(row["path"], row["format"])
+        if promised is not None:
+            check = "format_misnamed" if row["status"] == "normalized" else "format_misnamed_quarantined"
+            how = "re-encoded at extraction" if row["status"] == "normalized" else "quarantined"
+            out[row["path"]] = pitfalls.Why(check, source, None, f"{row['format']} bytes, {how}")
+    return out
+
+
 def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Resolver:
-    """Status of an image in a local data/ folder, joined as the trainer joins it; `decode`: opened as it opens it."""
+    """Status of an image in a local data/ folder, joined as the trainer joins it; `decode`: opened as it opens it
+    (and then an image whose bytes are another format than its name is said: the trainer reads it by content)."""
+    from mgdata.images import misnamed as promised
+
     base = os.path.join(os.fspath(data_dir), "")  # with its trailing slash ("" stays "")
+    misnamed: dict[str, str] = {}  # image -> the format of its bytes
 
     def resolve(image: str) -> Status:
         path = image if image.startswith("/") else base + image  # os.path.join(data_dir, image), inlined
@@ -671,8 +765,16 @@ def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Reso
             return "missing"
         if not decode:
             return "present"
-        return "broken" if trainer_opens(path) else "present"
+        error, fmt = _open_as_trainer(path)
+        if error is None and promised(image, fmt):
+            misnamed[image] = fmt
+        return "broken" if error else "present"
 
+    def why(image: str, status: Status) -> pitfalls.Why | None:
+        fmt = misnamed.get(image) if status == "present" else None
+        return pitfalls.Why("format_misnamed", None, None, f"{fmt} bytes") if fmt else None
+
+    resolve.why = why  # type: ignore[attr-defined]
     return resolve
 
 

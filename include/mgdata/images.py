@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageCheck",
     "check_image",
+    "misnamed",
     "to_jpeg",
 ]
 
@@ -208,6 +209,12 @@ def _invalid(
 
 def _bomb_reason(width: int, height: int, max_pixels: int) -> str:
     return f"decompression bomb: {width}x{height} = {width * height} px exceeds limit {max_pixels}"
+
+
+def misnamed(name: str, fmt: str | None) -> str | None:
+    """The format `name`'s extension promises when the bytes are another one (`fmt`), else None."""
+    target = _extension_format(name)
+    return target if fmt and target and not _format_matches(fmt, target) else None
 
 
 def _extension_format(name: str) -> str | None:

@@ -126,6 +126,11 @@ class RecipeCatalog:
         name = self.catalog.provider(self.recipe.ours(prefix))
         return name if name in self.recipe.sources else None
 
+    def elsewhere(self, prefix: str) -> str | None:
+        """The catalog source that lays out a prefix none of the recipe's sources does (add it to the recipe)."""
+        name = self.catalog.provider(self.recipe.ours(prefix))
+        return name if name not in self.recipe.sources else None
+
     def unprovided(self, prefix: str) -> str | None:
         """What would provide a prefix no source of the recipe does, when the recipe says."""
         return next(
@@ -284,14 +289,44 @@ def check_in_store(
 
     if in_store is None:
         in_store = store_resolver(store, [n for n in recipe.sources if n in catalog.sources]).in_store
+    laid_out: dict[str, bool] = {}  # folder (ours) -> one of the recipe's sources lays it out
+    # the last (image, folder) and its answer: a named check asks again for the image just resolved
+    last: list = [None, None]
+
+    def ours(image: str, folder: str) -> str | None:
+        """The image's data/-relative path in our names, or None when the recipe's tree cannot hold it: outside
+        its data folder, or in a folder only a source the recipe lacks lays out (the store may hold it, the recipe's
+        tree does not)."""
+        if last[0] == (image, folder):
+            return last[1]
+        last[0], last[1] = (image, folder), _ours(image, folder)
+        return last[1]
+
+    def _ours(image: str, folder: str) -> str | None:
+        path = recipe.data_path(folder, image)
+        if path is None:
+            return None
+        path = recipe.ours(path)
+        parent = posixpath.dirname(path)
+        if parent not in laid_out:
+            laid_out[parent] = catalog.provider(path) in recipe.sources
+        return path if laid_out[parent] else None
+
+    why_in_store = getattr(in_store, "why", None)
     stages = []
     for t in recipe.training:
         view = RecipeCatalog(recipe, catalog, t.image_folder)
 
         def resolve(image: str, folder: str = t.image_folder):
-            path = recipe.data_path(folder, image)
-            return in_store(None if path is None else recipe.ours(path))
+            return in_store(ours(image, folder))
 
+        if why_in_store is not None:
+
+            def why(image: str, status, folder: str = t.image_folder):
+                path = ours(image, folder) if status != "present" or why_in_store.present else None
+                return why_in_store(path, status) if path is not None else None
+
+            resolve.why = why  # type: ignore[attr-defined]
         check = Check(contract=CONTRACTS[t.contract], image_prefix=view.prefix)
         key = store_key(recipe, t)
         where = f"from {t.url}" if t.url else f"from source {t.source}"
@@ -299,6 +334,7 @@ def check_in_store(
         check_stored(store, check, key, t.boxes, resolve, optional=t.optional, absent=absent)
         report = check.as_report(view, sources=sources)
         stage = {"stage": t.stage, "json": key, "contract": t.contract, "optional": t.optional}
+        stage["pitfalls"] = {name: p["count"] for name, p in report["pitfalls"].items() if p["count"]}
         stages.append(stage | {k: report[k] for k in STAGE_FIELDS})
     needed = needed_stages(stages)
     ready = all(s["ready"] for s in needed)

@@ -189,7 +189,8 @@ def verify_run(run: Run) -> dict:
     report["recipes"] = recipe_verdicts(run, ready, outcomes, resolve.in_store)
     put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
-    keys = ("checked", "ready", "note", "referenced", "present", "missing", "broken", "ids_without_boxes")
+    keys = ("checked", "ready", "note", "samples", "text_only", "referenced", "present", "missing", "broken")
+    keys += ("ids_without_boxes",)
     return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}
 
 
@@ -238,10 +239,34 @@ def _recipes_html(recipes: dict) -> str:
     e = html.escape
     items = "".join(
         f"<li><strong>{e(r['title'])}</strong> (<code>{e(name)}</code>"
-        f"{'' if r['served'] else ', not all its sources in this run'}): {e(r['note'])}</li>"
+        f"{'' if r['served'] else ', not all its sources in this run'}): {e(r['note'])}"
+        f"{_stages_html(r.get('stages') or [])}</li>"
         for name, r in recipes.items()
     )
     return f"<h3>Recipes</h3><ul>{items}</ul>"
+
+
+def _issue(url: str) -> str:
+    """`LLaVA #1618` for https://github.com/haotian-liu/LLaVA/issues/1618."""
+    parts = url.rstrip("/").split("/")
+    return f"{parts[-3]} #{parts[-1]}" if len(parts) >= 4 else url
+
+
+def _stages_html(stages: list[dict]) -> str:
+    """A recipe's stages: what each read (text-only samples counted apart) and whether it is ready (the recipe's note
+    says why not)."""
+    e = html.escape
+    items = "".join(
+        f"<li>{e(s['stage'])}: "
+        + (
+            f"{s['samples']:,} samples ({s['text_only']:,} text-only), {'ready' if s['ready'] else 'not ready'}"
+            if s["checked"]
+            else e(s["note"])
+        )
+        + "</li>"
+        for s in stages
+    )
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def _ready_html(rt: dict) -> str:
@@ -257,7 +282,7 @@ def _ready_html(rt: dict) -> str:
     files = "".join(
         f"<li><code>{e(f['json'])}</code>: {e(f['status'])} · "
         + (
-            f"{f['samples']:,} samples, {f['ids_without_boxes']:,} without boxes"
+            f"{f['samples']:,} samples ({f['text_only']:,} text-only), {f['ids_without_boxes']:,} without boxes"
             if f["status"] == "checked"
             else e(f.get("note") or "")
         )
@@ -270,7 +295,30 @@ def _ready_html(rt: dict) -> str:
         if rows
         else ""
     )
-    return f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}{_findings_html(rt)}"
+    return (
+        f"<p><strong>{verdict}</strong>: {e(rt.get('note') or '')}</p><ul>{files}</ul>{table}"
+        f"{_pitfalls_html(rt)}{_findings_html(rt)}"
+    )
+
+
+def _titled_table(title: str, heads: tuple[str, ...], rows: str) -> str:
+    """A section's table under its heading (nothing when it has no rows)."""
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    return f"<h3>{title}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
+
+
+def _pitfalls_html(rt: dict) -> str:
+    """The named checks of the known pitfalls that fired: per folder, the sentence (source, file, examples, fix)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr class='{e(p['effect'])}'><td><code>{e(name)}</code></td><td>{e(p['effect'])}</td>"
+        f"<td>{e(folder)}</td><td>{f['count']:,}</td><td>{e(f['message'])}</td>"
+        f"<td><a href='{e(p['upstream'])}'>{e(_issue(p['upstream']))}</a></td></tr>"
+        for name, p in (rt.get("pitfalls") or {}).items()
+        for folder, f in p["by"].items()
+    )
+    heads = ("check", "effect", "prefix or JSON", "count", "what and the fix", "reported upstream")
+    return _titled_table("Known pitfalls", heads, rows)
 
 
 def _findings_html(rt: dict) -> str:
@@ -287,18 +335,13 @@ def _findings_html(rt: dict) -> str:
         for source, reasons in (rt.get("skipped_members") or {}).items()
         for reason, r in reasons.items()
     )
-    out = (
-        "<h3>Contract findings</h3><table><tr><th>rule</th><th>effect</th><th>count</th><th>what</th>"
-        f"<th>first</th><th>where the trainer does it</th></tr>{rows}</table>"
-        if rows
-        else ("<p>Contract findings: none.</p>" if rt.get("findings") else "")
+    heads = ("rule", "effect", "count", "what", "first", "where the trainer does it")
+    out = _titled_table("Contract findings", heads, rows) or (
+        "<p>Contract findings: none.</p>" if rt.get("findings") else ""
     )
-    if skipped:
-        out += (
-            "<h3>Archive members not extracted</h3><table><tr><th>source</th><th>reason</th><th>count</th>"
-            f"<th>examples</th></tr>{skipped}</table>"
-        )
-    return out
+    return out + _titled_table(
+        "Archive members not extracted", ("source", "reason", "count", "examples"), skipped
+    )
 
 
 def _paths_html(sources: dict) -> str:
