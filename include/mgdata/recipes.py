@@ -199,11 +199,15 @@ def run_selection(
     enabled source (MG-LLaVA's corpus). An unknown recipe is a RecipeError naming the shipped ones."""
     names = list(sources or [])
     if recipes:
-        known = known if known is not None else load_recipes(catalog=catalog)
+        known = known if known is not None else load_recipes()
         unknown = sorted(set(recipes) - set(known))
         if unknown:
             raise RecipeError(f"unknown recipe(s) {unknown}; the shipped recipes are {sorted(known)}")
-        names += [n for r in recipes for n in recipe_sources(known[r])]
+        for r in recipes:
+            lacking = [n for n in recipe_sources(known[r]) if n not in catalog.sources]
+            if lacking:
+                raise RecipeError(f"recipe {r} needs source(s) {lacking}, which the run's catalog does not have")
+            names += recipe_sources(known[r])
     return catalog.selected(list(dict.fromkeys(names)) or None)
 
 

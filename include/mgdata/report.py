@@ -57,7 +57,7 @@ def _lay_out_recipes(run: Run, sources: dict[str, dict]) -> tuple[dict, Exceptio
     names = [n for n in run.settings.recipes if n != DEFAULT_RECIPE]
     if not names:
         return {}, None
-    recipes = load_recipes(catalog=run.catalog)
+    recipes = load_recipes()  # the run's selection has checked the asked recipes' sources against its catalog
     trees: dict = {}
     for name in names:
         root = run.settings.recipe_root(name)

@@ -129,3 +129,12 @@ def test_a_recipe_tree_links_the_stores_images_and_jsons_and_names_an_absent_jso
         assert (root / tree_path).stat().st_ino == store.local_path(key).stat().st_ino, tree_path
     again = lay_out(store, RECIPES["llava-v1.5"], CATALOG, root)
     assert again["jsons"]["llava_v1_5_mix665k.json"] == "unchanged" and again.get("linked", 0) == 0
+
+
+def test_a_catalog_without_a_recipes_sources_still_serves_the_others_and_names_what_is_lacking():
+    small = CATALOG.model_copy(
+        update={"sources": {n: s for n, s in CATALOG.sources.items() if n != "sam_sft"}}
+    )
+    assert "allava_annotations" in run_selection(small, [], ["allava"])
+    with pytest.raises(RecipeError, match=r"recipe sharegpt4v needs source\(s\) \['sam_sft'\]"):
+        run_selection(small, [], ["sharegpt4v"])
