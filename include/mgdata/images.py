@@ -82,6 +82,7 @@ _TEXT_MIN_PRINTABLE_RATIO = 0.95
 
 # Formats whose verdict a scaled decode gives (see _load_scaled): JPEG, and MPO, whose frame 0 is a JPEG.
 _SCALED_DECODE_FORMATS = frozenset({"JPEG", "MPO"})
+_DECODE_BLOCK = 1024 * 1024
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_DEPTH_TARGETS = frozenset({"PNG", "TIFF"})  # can store 16-bit greyscale as is
@@ -151,6 +152,10 @@ def check_image(
                 if width * height > max_pixels
                 else None
             )
+            if fmt in _SCALED_DECODE_FORMATS:
+                # The entropy-coded data in one piece (up to 1 MiB) rather than Pillow's 64 KiB: one decoder call
+                # per photo instead of three, each of which gives up and takes back the GIL and copies the rest.
+                im.decodermaxblock = max(im.decodermaxblock, min(len(data), _DECODE_BLOCK))
             target = _extension_format(name)
             stored_as_is = target is None or _format_matches(fmt, target) or not reencode_mismatched
             with decoding(width * height) if decoding else nullcontext():
