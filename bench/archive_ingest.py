@@ -188,8 +188,10 @@ def run(images: int = 5000, kb: int = 160, rounds: int = 3) -> list[dict]:
         lo, med = min_median(times[name])
         cpu = sum(c for _, c, _ in got[name]) / sum(t for t in times[name])
         count = got[name][0][2]
+        per_image = sum(c for _, c, _ in got[name]) / sum(n for _, _, n in got[name]) * 1000
         out = {"tool": tool, "seconds": round(med, 2), "min s": round(lo, 2), "runs": len(times[name]),
-               "images/s (median)": round(count / med), "CPU use (cores)": round(cpu, 2)}  # fmt: skip
+               "images/s (median)": round(count / med), "CPU use (cores)": round(cpu, 2),
+               "CPU ms per image": round(per_image, 2)}  # fmt: skip
         if name != "baseline":
             out["ours ÷ baseline (wall, median)"] = round(med / base_median, 2)
             out["(min ÷ min)"] = round(lo / min_median(times["baseline"])[0], 2)

@@ -22,9 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
-from io import BytesIO
-
-from PIL import Image
 
 from mgdata import manifest
 from mgdata.archive import (
@@ -120,16 +117,6 @@ def return_large_buffers() -> None:
     libc = libc_or_none()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(_M_MMAP_THRESHOLD, 8 * 1024 * 1024)
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header (no pixel is decoded); 0 when Pillow cannot tell, in which case
-    `check_image` rejects the bytes before decoding anything."""
-    try:
-        with Image.open(BytesIO(data)) as im:
-            return im.size[0] * im.size[1]
-    except Exception:  # not an image, a bomb (refused from the header), a truncated header
-        return 0
 
 
 def path_problem(path: str) -> str | None:
@@ -354,8 +341,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
         error = error or refused.get(member.name)
         check, written, out, stored = None, None, data, True
         if error is None and target is not None and data is not None:
-            with budget.hold(header_pixels(data)):
-                check = check_image(data, target)
+            check = check_image(data, target, decoding=budget.hold)
         if check is not None and check.status in manifest.USABLE:
             try:
                 store.put_bytes(f"data/{target}", check.data, durable=False)  # made durable by store.sync()

@@ -246,6 +246,10 @@ class RecordingStore(LocalStore):
         self.events.append((key, durable))
         return super().new_writer(key, durable=durable)
 
+    def put_bytes(self, key, data, *, durable=True):  # LocalStore's own, which needs no writer
+        self.events.append((key, durable))
+        super().put_bytes(key, data, durable=durable)
+
     def sync(self):
         self.events.append(("sync", None))
         super().sync()
