@@ -37,13 +37,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import psycopg2
-import requests
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "deployment"))  # the deployment test's process harness
 
-from processes import Deployment  # noqa: E402
+from processes import Deployment, wait_for_dag  # noqa: E402
 
 from mgdata.storage import open_store  # noqa: E402
 from offline_mirror import rehearsal  # noqa: E402
@@ -85,27 +82,6 @@ class LocalDeployment(Deployment):
         deadline = time.monotonic() + timeout
         self._wait(deadline, "api-server", lambda: self._get_ok(f"{self.base_url}/api/v2/monitor/health"))
         self._wait(deadline, "scheduler", lambda: self._get_ok(f"http://127.0.0.1:{self.health_port}/health"))
-
-    def get(self, path: str) -> requests.Response:
-        """GET a path of the api-server (a plugin page) with the same JWT as the REST calls."""
-        self.api("GET", "monitor/health")  # makes sure the session holds a token
-        return self._session.get(f"{self.base_url}{path}", timeout=120)
-
-    def sql(self, query: str, *args) -> list[tuple]:
-        with contextlib.closing(psycopg2.connect(**self.services.postgres(self.database))) as conn:
-            with conn.cursor() as cur:
-                cur.execute(query, args)
-                return cur.fetchall()
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time of each component's own process (not its children: those are the task processes)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for c in self.components:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{c.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[c.name] = round((int(fields[11]) + int(fields[12])) / tick, 1)
-        return out
 
 
 # --- the steps ------------------------------------------------------------------------------------------------------
@@ -162,16 +138,6 @@ def trigger_and_wait(d: LocalDeployment, run_id: str, conf: dict, timeout: float
             return state, time.monotonic() - began
         time.sleep(3)
     return "timeout", time.monotonic() - began
-
-
-def wait_for_dag(d: LocalDeployment, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d.check_alive()
-        if d.api("GET", "dags", params={"dag_id_pattern": DAG})["dags"]:
-            return
-        time.sleep(2)
-    raise RuntimeError(f"{DAG} not parsed: {d.api('GET', 'importErrors')}")
 
 
 # --- measuring a run ------------------------------------------------------------------------------------------------
