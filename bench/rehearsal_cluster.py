@@ -242,6 +242,20 @@ class Faults:
 
     def recovered(self) -> list[str]:
         """Problems: an instance the worker kill cut off that did not run again and succeed."""
+        # every try that did not succeed (the kills' and the outage's victims), seconds after the run was triggered
+        self.records["failed_tries"] = [
+            {
+                "task": f"{t}[{m}]",
+                "try": n,
+                "state": s,
+                "ended_at_s": round(float(end) - self.began, 1) if end else None,
+            }
+            for t, m, n, s, end in self.d.sql(
+                "SELECT task_id, map_index, try_number, state, extract(epoch from end_date) FROM task_instance_history"
+                " WHERE run_id = %s ORDER BY end_date",
+                self.run_id,
+            )
+        ]
         kill = self.records.get("worker_kill")
         if not kill:
             return []
