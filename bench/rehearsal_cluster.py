@@ -43,7 +43,7 @@ from mgdata.storage import open_store, s3_client
 
 STORE_PREFIX = STORAGE.removeprefix(f"s3://{BUCKET}/")
 WORKERS = ("w1", "w2")
-# 2 cores: two workers of 2 slots each (4 task processes) overlap the S3 round trips of one task with the CPU of
+# 2 cores: two workers of 2 slots each (4 task processes) overlap the S3 requests of one task with the CPU of
 # another; 2 threads per extract keep inflate, hash and decode of a shard on about one core.
 CONCURRENCY = 2
 EXTRACT_THREADS = 2
@@ -300,6 +300,10 @@ def counts_json(c: Counts, images: int) -> dict:
         ),
         "data_prefixes_written": sorted(
             {p for (v, p), n in c.prefixes.items() if p.startswith("data/") and v == "PUT"}
+        ),
+        # every prefix (area/source) an object was created or deleted under: a refresh must stay inside its sources'
+        "prefixes_written": sorted(
+            {p for (v, p), n in c.prefixes.items() if n and v in ("PUT", "COPY", "MPU_CREATE", "DELETE")}
         ),
         "refused": c.refused,
     }
