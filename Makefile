@@ -9,6 +9,7 @@ UV := $(VENV)/bin/uv
 SOURCES ?=
 RECIPE ?=
 SCALE ?= 0.01
+STACK ?= local
 
 .PHONY: venv browser test docs screenshots demo real ui ui-demo lint format lock bench rehearsal clean
 
@@ -83,10 +84,12 @@ lock:
 bench: venv
 	$(PY) -m bench
 
-## make rehearsal SCALE=0.1: the whole corpus's shape (SCALE x 2.07M tiny files) through scheduler + LocalExecutor on
-## PostgreSQL, then an unchanged and a one-source-changed refresh; prints a table, writes rehearsal/rehearsal.json
+## make rehearsal SCALE=0.1 [STACK=local|celery-s3|both]: the whole corpus's shape (SCALE x 2.07M tiny files) through
+## Airflow on PostgreSQL, then an unchanged and a one-source-changed refresh; local: LocalExecutor on a local folder;
+## celery-s3: two Celery workers on S3 (moto behind a counting proxy), a worker, the scheduler and S3 lost during the
+## first run; both: one after the other, side by side. Prints a table, writes rehearsal/rehearsal.json
 rehearsal: venv
-	$(PY) -m bench.rehearsal --scale $(SCALE)
+	$(PY) -m bench.rehearsal --scale $(SCALE) --stack $(STACK)
 
 clean:
 	rm -rf .airflow demo rehearsal build *.egg-info

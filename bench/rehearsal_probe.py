@@ -1,8 +1,9 @@
 """Airflow plugin the rehearsal loads beside the audit plugin: one JSON line per finished task instance.
 
 A listener runs inside the task process, so it sees what the scheduler's records cannot: when the process was forked
-(from /proc), when our task code began (`on_task_instance_running`) and ended (success, failure or a skip), and the
-process's peak RSS (`ru_maxrss`, pages shared with its supervisor included). Lines are appended to the file named by
+(from /proc), when our task code began (`on_task_instance_running`) and ended (success, failure or a skip), the
+process's peak RSS (`ru_maxrss`, pages shared with its supervisor included) and, on a Celery worker, the worker's
+name (`MGDATA_WORKER_HOSTNAME`). Lines are appended to the file named by
 `MGDATA_REHEARSAL_PROBE` with one `write` each (O_APPEND: lines of concurrent tasks never interleave).
 """
 
@@ -44,6 +45,7 @@ def _record(task_instance, state: str) -> None:
         "running": _began.pop(key, None),
         "done": time.time(),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "worker": os.environ.get("MGDATA_WORKER_HOSTNAME"),
     }
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -87,6 +87,10 @@ def airflow_environment(endpoints: Endpoints) -> dict[str, str]:
         # A task whose worker died stops heartbeating (every 5 s): after 30 s (default 300) the scheduler fails that
         # try and the task's own retries run it again on a live worker.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        # A scheduler that died leaves the task instances it had queued to whichever scheduler runs next: that one
+        # adopts them (or resets them to be scheduled again) once the dead one's heartbeat is older than
+        # scheduler_health_check_threshold (30 s), checking every 60 s (default 300).
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "60",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{endpoints.admin_user}:{ADMIN_ROLE}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": endpoints.passwords_file,

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 MARKER = "MGDATA_DEPLOYMENT_ID"  # in every started process's environment, to find stragglers at teardown
 ADMIN = "admin"
+DAG = "mgllava_data"
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class Deployment:
         workers: tuple[str, ...] = ("w1", "w2"),
         concurrency: int = 2,
         services: Services | None = None,
+        triggerer: bool = True,
+        extra_env: dict[str, str] | None = None,
     ):
         self.services = services or Services.from_env()
         self.id = uuid.uuid4().hex[:12]
@@ -181,6 +184,8 @@ class Deployment:
         self.logs = workdir / "logs"
         self.workers = workers
         self.concurrency = concurrency
+        self.triggerer = triggerer
+        self.extra_env = dict(extra_env or {})  # on top of everything else (a bench's settings)
         self.database = f"mgdata_deploy_{self.id}"
         self.key_prefix = f"mgdata-deploy-{self.id}:"
         self.api_port = free_port()
@@ -231,6 +236,7 @@ class Deployment:
                 "MGDATA_CATALOG": str(self.catalog),
                 "MGDATA_RETRY_DELAY_SECONDS": "0",
                 "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
             }
         )
         return env
@@ -254,7 +260,8 @@ class Deployment:
         self._spawn("api-server", COMPONENTS["airflow-apiserver"])
         self._spawn("scheduler", COMPONENTS["airflow-scheduler"])
         self._spawn("dag-processor", COMPONENTS["airflow-dag-processor"])
-        self._spawn("triggerer", COMPONENTS["airflow-triggerer"])
+        if self.triggerer:
+            self._spawn("triggerer", COMPONENTS["airflow-triggerer"])
         for name in self.workers:
             self._spawn_worker(name)
         deadline = time.monotonic() + timeout
@@ -266,17 +273,31 @@ class Deployment:
     def kill_worker(self, name: str) -> list[int]:
         """SIGKILL Celery worker `name` at once, with every process it started (its pool and the task processes):
         a machine or container lost mid-task. Its log is kept as `worker-<name>.killed.log`. Returns the pids."""
-        (worker,) = [c for c in self.components if c.name == f"worker-{name}"]
-        pids = sorted(set(self._processes_of_worker(name)) | {worker.popen.pid})
+        return self.kill(f"worker-{name}", also=self._processes_of_worker(name))
+
+    def kill(self, component: str, also: list[int] = ()) -> list[int]:
+        """SIGKILL `component` (e.g. "scheduler") with its process group and the pids `also`; its log is kept as
+        `<component>.killed.log` (a later kill of the same one appends). Returns the pids."""
+        (victim,) = [c for c in self.components if c.name == component]
+        self.components.remove(victim)  # first: `check_alive` must not see it die
+        pids = sorted(set(also) | {victim.popen.pid})
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.popen.pid, signal.SIGKILL)
+            os.killpg(victim.popen.pid, signal.SIGKILL)
         for pid in pids:  # any that left the group
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        worker.popen.wait()
-        self.components.remove(worker)
-        worker.log.rename(worker.log.with_suffix(".killed.log"))
+        victim.popen.wait()
+        killed = victim.log.with_suffix(".killed.log")
+        with killed.open("a") as out:
+            out.write(victim.log.read_text(errors="replace"))
+        victim.log.unlink()
         return pids
+
+    def restart_scheduler(self, timeout: float = 120) -> None:
+        """Start the scheduler again (after `kill("scheduler")`) and wait for its health check."""
+        self._spawn("scheduler", COMPONENTS["airflow-scheduler"])
+        deadline = time.monotonic() + timeout
+        self._wait(deadline, "scheduler", lambda: self._get_ok(f"http://127.0.0.1:{self.health_port}/health"))
 
     def start_worker(self, name: str, timeout: float = 120) -> None:
         """Start worker `name` again (after `kill_worker`) and wait until it consumes from the broker."""
@@ -359,6 +380,33 @@ class Deployment:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
             return cur.fetchone() is not None
 
+    def sql(self, query: str, *args) -> list[tuple]:
+        """Rows of a query on the metadata database (task-instance records a REST page would take many calls for)."""
+        with contextlib.closing(psycopg2.connect(**self.services.postgres(self.database))) as conn:
+            with conn.cursor() as cur:
+                cur.execute(query, args)
+                return cur.fetchall()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time of each component's own process (not its children: those are the task processes)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for c in self.components:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{c.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[c.name] = round((int(fields[11]) + int(fields[12])) / tick, 1)
+        return out
+
+    def peak_rss_mb(self) -> dict[str, int]:
+        """Peak RSS (VmHWM) of each component's own process, in MB."""
+        out = {}
+        for c in self.components:
+            with contextlib.suppress(OSError, StopIteration):
+                status = Path(f"/proc/{c.popen.pid}/status").read_text().splitlines()
+                kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+                out[c.name] = round(kb / 1024)
+        return out
+
     def tails(self, lines: int = 40) -> str:
         """The last lines of every process log, for a failure message."""
         out = []
@@ -397,6 +445,11 @@ class Deployment:
         if response.status_code >= 400:
             raise AssertionError(f"{method} /api/v2/{path}: {response.status_code} {response.text[:2000]}")
         return response.json() if response.content else {}
+
+    def get(self, path: str) -> requests.Response:
+        """GET a path of the api-server (a plugin page) with the same JWT as the REST calls."""
+        self.api("GET", "monitor/health")  # makes sure the session holds a token
+        return self._session.get(f"{self.base_url}{path}", timeout=120)
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -444,3 +497,53 @@ class Deployment:
     @staticmethod
     def _get_ok(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
+
+
+# -- the DAG through the REST API, as a user's script drives it ------------------------------------------------
+
+
+def wait_for_dag(d: Deployment, timeout: float = 180) -> None:
+    """The dag-processor has parsed and serialized the DAG (else fail with its import errors)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d.check_alive()
+        if any(dag["dag_id"] == DAG for dag in d.api("GET", "dags", params={"dag_id_pattern": DAG})["dags"]):
+            return
+        time.sleep(2)
+    raise AssertionError(f"{DAG} not parsed: {d.api('GET', 'importErrors')}")
+
+
+def trigger(d: Deployment, run_id: str, conf: dict) -> str:
+    run = d.api(
+        "POST", f"dags/{DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
+    )
+    return run["dag_run_id"]
+
+
+def wait_for_run(d: Deployment, run_id: str, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d.check_alive()
+        state = d.api("GET", f"dags/{DAG}/dagRuns/{run_id}")["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} not finished in {timeout} s: {summarize(task_instances(d, run_id))}")
+
+
+def task_instances(d: Deployment, run_id: str) -> list[dict]:
+    """Every task instance of a run, mapped ones included (the API pages by 100)."""
+    out: list[dict] = []
+    while True:
+        page = d.api(
+            "GET", f"dags/{DAG}/dagRuns/{run_id}/taskInstances", params={"limit": 100, "offset": len(out)}
+        )
+        out += page["task_instances"]
+        if not page["task_instances"] or len(out) >= page["total_entries"]:
+            return out
+
+
+def summarize(instances: list[dict]) -> str:
+    return ", ".join(
+        f"{ti['task_id']}[{ti['map_index']}]={ti['state']}" for ti in instances if ti["state"] != "skipped"
+    )

@@ -4,13 +4,17 @@
 interpreter) and returns once it answers. `S3Counter(upstream)` listens on another loopback port and forwards each
 request unchanged (path-style, headers and body as sent, so signatures and presigned URLs stay valid) to `upstream`;
 it classifies each one with `classify` and counts requests, request body bytes (in) and response body bytes (out).
-`snapshot()` freezes the counters; the difference of two snapshots is what the store was asked between them.
+`snapshot()` freezes the counters; the difference of two snapshots is what the store was asked between them, and
+`Phases` names such differences (a run, a refresh) and prints them per image. `refuse(seconds)` takes the endpoint
+away for a while, as an S3 outage does: the listening socket is closed (new connections are refused) and every open
+keep-alive connection is closed at its next request, unanswered; then the proxy listens on the same port again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import socket
 import subprocess
 import sys
 import threading
@@ -76,10 +80,18 @@ class Counts:
     areas: Counter = field(default_factory=Counter)
     bytes_in: int = 0
     bytes_out: int = 0
+    # requests per (verb, the first two key segments under the prefix), e.g. ("PUT", "data/coco"): which source's
+    # layout prefix a phase touched
+    prefixes: Counter = field(default_factory=Counter)
+    refused: int = 0  # requests closed unanswered while the endpoint was down (`S3Counter.refuse`)
 
     def __sub__(self, earlier: Counts) -> Counts:
         return Counts(
-            self.areas - earlier.areas, self.bytes_in - earlier.bytes_in, self.bytes_out - earlier.bytes_out
+            self.areas - earlier.areas,
+            self.bytes_in - earlier.bytes_in,
+            self.bytes_out - earlier.bytes_out,
+            self.prefixes - earlier.prefixes,
+            self.refused - earlier.refused,
         )
 
     @property
@@ -117,14 +129,22 @@ class S3Counter:
         )
         self._lock = threading.Lock()
         self._areas: Counter = Counter()
+        self._prefixes: Counter = Counter()
         self._bytes = [0, 0]
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._refused = 0
+        self.down = threading.Event()  # set while `refuse` holds the endpoint away
+        self._port = 0
+        self._listen()
+
+    def _listen(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), self._handler())
         self._server.daemon_threads = True
+        self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-counter", daemon=True)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._port}"
 
     def start(self) -> S3Counter:
         self._thread.start()
@@ -134,25 +154,60 @@ class S3Counter:
         self._server.shutdown()
         self._server.server_close()
 
+    def refuse(self, seconds: float) -> None:
+        """The endpoint is down for `seconds`: connections refused, open ones closed unanswered; then back on the
+        same port. Blocks for the whole outage."""
+        self.down.set()
+        self.stop()
+        try:
+            time.sleep(seconds)
+        finally:
+            self.down.clear()
+            for attempt in range(50):  # the port is ours; a moment may pass before the kernel lets go of it
+                try:
+                    self._listen()
+                    break
+                except OSError:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
+            self.start()
+
+    def refused_connection(self) -> bool:
+        """True (and counted) when a request arrives while the endpoint is down."""
+        if not self.down.is_set():
+            return False
+        with self._lock:
+            self._refused += 1
+        return True
+
     def snapshot(self) -> Counts:
         with self._lock:
-            return Counts(Counter(self._areas), *self._bytes)
+            return Counts(Counter(self._areas), *self._bytes, Counter(self._prefixes), self._refused)
 
     def record(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
-        area = self.area(path, parse_qs(query).get("prefix", [""])[0])
+        key = self.key(path, parse_qs(query).get("prefix", [""])[0])
+        area = key.split("/", 1)[0] if key is not None else ""
         with self._lock:
             self._areas[verb, area] += 1
+            if key is not None:
+                self._prefixes[verb, "/".join(key.split("/", 2)[:2])] += 1
             self._bytes[0] += bytes_in
             self._bytes[1] += bytes_out
 
     def area(self, path: str, list_prefix: str = "") -> str:
         """The first key segment under `area_prefix` of the object `path` names, or of a listing's prefix."""
+        key = self.key(path, list_prefix)
+        return "" if key is None else key.split("/", 1)[0]
+
+    def key(self, path: str, list_prefix: str = "") -> str | None:
+        """The key under `area_prefix` that `path` names (or a listing's prefix); None outside it."""
         key = unquote(path)
         if list_prefix:
             key = key.rstrip("/") + "/" + list_prefix
         if not key.startswith(self.area_prefix):
-            return ""
-        return key[len(self.area_prefix) :].split("/", 1)[0]
+            return None
+        return key[len(self.area_prefix) :]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         counter = self
@@ -160,6 +215,9 @@ class S3Counter:
         class Handler(_ForwardingHandler):
             def forwarded(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
                 counter.record(verb, path, query, bytes_in, bytes_out)
+
+            def refused(self) -> bool:
+                return counter.refused_connection()
 
             def connection_to_upstream(self) -> http.client.HTTPConnection:
                 return http.client.HTTPConnection(counter.upstream, timeout=120)
@@ -176,6 +234,9 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
     def connection_to_upstream(self) -> http.client.HTTPConnection:
         raise NotImplementedError
 
+    def refused(self) -> bool:
+        return False
+
     def finish(self) -> None:
         super().finish()
         if getattr(self, "_conn", None) is not None:
@@ -190,6 +251,11 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
 
     def _forward(self) -> None:
+        if self.refused():  # the endpoint is down: close without an answer, as a dying server does
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         split = urlsplit(self.path)
         query = parse_qs(split.query, keep_blank_values=True)
         verb = classify(self.command, split.path, query, self.headers)
@@ -236,6 +302,38 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+
+class Phases:
+    """The counting proxy's figures, one `Counts` per named phase of the story."""
+
+    def __init__(self, counter: S3Counter):
+        self.counter = counter
+        self.counts: dict[str, Counts] = {}
+
+    @contextlib.contextmanager
+    def measure(self, name: str):
+        before = self.counter.snapshot()
+        try:
+            yield
+        finally:
+            self.counts[name] = self.counter.snapshot() - before
+
+    def __getitem__(self, name: str) -> Counts:
+        return self.counts[name]
+
+    def table(self, images: int) -> str:
+        """S3 requests per image member, per verb and phase (verbs no phase used are left out)."""
+        used = [v for v in VERBS if any(c.verbs[v] for c in self.counts.values())]
+        lines = [f"S3 requests per image ({images} image members), counted at the server side"]
+        head = f"{'phase':24}" + "".join(f"{v:>8}" for v in used)
+        lines.append(head + f"{'all':>8}{'requests':>10}{'MB in':>8}{'MB out':>8}")
+        for name, c in self.counts.items():
+            per_image = "".join(f"{c.verbs[v] / images:8.3f}" for v in used) + f"{c.requests / images:8.3f}"
+            lines.append(
+                f"{name:24}{per_image}{c.requests:10}{c.bytes_in / 1e6:8.2f}{c.bytes_out / 1e6:8.2f}"
+            )
+        return "\n".join(lines)
 
 
 def moto_server(port: int, timeout: float = 30) -> subprocess.Popen:

@@ -33,8 +33,18 @@ from types import SimpleNamespace
 
 import pytest
 from deployment_env import BUCKET, STORAGE
-from processes import Deployment, MissingPrerequisite, Services, free_port
-from s3_counter import VERBS, Counts, S3Counter, moto_server
+from processes import (
+    DAG,
+    Deployment,
+    MissingPrerequisite,
+    Services,
+    free_port,
+    task_instances,
+    trigger,
+    wait_for_dag,
+    wait_for_run,
+)
+from s3_counter import Counts, Phases, S3Counter, moto_server
 
 from mgdata.catalog import load_catalog
 from mgdata.storage import open_store, s3_client
@@ -42,7 +52,6 @@ from offline_mirror.build import build_mirror, write_catalog
 from offline_mirror.server import MirrorServer
 
 pytestmark = pytest.mark.timeout(1200)
-DAG = "mgllava_data"
 SOURCES = ["ai2d", "textvqa"]
 BROKEN = "ai2d"  # the source whose mirror goes down in the second run
 S3_LOGIN, S3_SECRET = "AKIADEPLOYMENT", "deployment-s3-secret-never-logged"
@@ -239,38 +248,6 @@ def test_celery_deployment_runs_fails_and_recovers_through_the_rest_api(deployme
 # S3 requests per phase
 
 
-class Phases:
-    """The counting proxy's figures, one `Counts` per named phase of the story."""
-
-    def __init__(self, counter: S3Counter):
-        self.counter = counter
-        self.counts: dict[str, Counts] = {}
-
-    @contextlib.contextmanager
-    def measure(self, name: str):
-        before = self.counter.snapshot()
-        try:
-            yield
-        finally:
-            self.counts[name] = self.counter.snapshot() - before
-
-    def __getitem__(self, name: str) -> Counts:
-        return self.counts[name]
-
-    def table(self, images: int) -> str:
-        """S3 requests per image member, per verb and phase (verbs no phase used are left out)."""
-        used = [v for v in VERBS if any(c.verbs[v] for c in self.counts.values())]
-        lines = [f"S3 requests per image ({images} image members), counted at the server side"]
-        head = f"{'phase':24}" + "".join(f"{v:>8}" for v in used)
-        lines.append(head + f"{'all':>8}{'requests':>10}{'MB in':>8}{'MB out':>8}")
-        for name, c in self.counts.items():
-            per_image = "".join(f"{c.verbs[v] / images:8.3f}" for v in used) + f"{c.requests / images:8.3f}"
-            lines.append(
-                f"{name:24}{per_image}{c.requests:10}{c.bytes_in / 1e6:8.2f}{c.bytes_out / 1e6:8.2f}"
-            )
-        return "\n".join(lines)
-
-
 # An unchanged refresh's request budget (measured: 105 for 2 of the catalog's 17 sources, see docs/cluster.md). Per
 # selected source (measured 32): plan reads the file state and stats the raw copy and the manifest, and writes the
 # run's plan; finalize (no merge) reads plan, state, journal and fetch records and writes the summary and the state;
@@ -324,35 +301,6 @@ def kill_worker_during(d: Deployment, run_id: str, task_id: str, timeout: float 
 # REST API steps
 
 
-def wait_for_dag(d: Deployment, timeout: float = 180) -> None:
-    """The dag-processor has parsed and serialized the DAG (else fail with its import errors)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d.check_alive()
-        if any(dag["dag_id"] == DAG for dag in d.api("GET", "dags", params={"dag_id_pattern": DAG})["dags"]):
-            return
-        time.sleep(2)
-    raise AssertionError(f"{DAG} not parsed: {d.api('GET', 'importErrors')}")
-
-
-def trigger(d: Deployment, run_id: str, conf: dict) -> str:
-    run = d.api(
-        "POST", f"dags/{DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
-    )
-    return run["dag_run_id"]
-
-
-def wait_for_run(d: Deployment, run_id: str, timeout: float = RUN_TIMEOUT) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d.check_alive()
-        state = d.api("GET", f"dags/{DAG}/dagRuns/{run_id}")["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(2)
-    raise AssertionError(f"run {run_id} not finished in {timeout} s: {summarize(task_instances(d, run_id))}")
-
-
 def clear_source(d: Deployment, run_id: str, source: str) -> set[str]:
     """Clear a source's task group and everything downstream (`clearTaskInstances`, as the UI's Clear does)."""
     group = [
@@ -377,29 +325,11 @@ def clear_source(d: Deployment, run_id: str, source: str) -> set[str]:
     return cleared_ids
 
 
-def task_instances(d: Deployment, run_id: str) -> list[dict]:
-    """Every task instance of a run, mapped ones included (the API pages by 100)."""
-    out: list[dict] = []
-    while True:
-        page = d.api(
-            "GET", f"dags/{DAG}/dagRuns/{run_id}/taskInstances", params={"limit": 100, "offset": len(out)}
-        )
-        out += page["task_instances"]
-        if not page["task_instances"] or len(out) >= page["total_entries"]:
-            return out
-
-
 def task_states(d: Deployment, run_id: str) -> dict[str, set[str]]:
     states: dict[str, set[str]] = defaultdict(set)
     for ti in task_instances(d, run_id):
         states[ti["task_id"]].add(ti["state"])
     return states
-
-
-def summarize(instances: list[dict]) -> str:
-    return ", ".join(
-        f"{ti['task_id']}[{ti['map_index']}]={ti['state']}" for ti in instances if ti["state"] != "skipped"
-    )
 
 
 def read_report(store, run_id: str) -> dict:

@@ -83,3 +83,39 @@ def test_the_store_reads_back_what_it_wrote_through_the_proxy(proxied):
     seen = counter.snapshot() - before
     assert seen.verbs["PUT"] == 1 and seen.bytes_in >= len(blob) and seen.bytes_out >= len(blob)
     assert store.read_bytes("data/blob.bin") == blob
+
+
+def test_refuse_takes_the_endpoint_away_then_serves_on_the_same_port(proxied):
+    """An S3 outage as the rehearsal injects it: new connections are refused, an open keep-alive connection is
+    closed unanswered, and afterwards the same endpoint answers again."""
+    import socket
+    import threading
+    import time
+
+    from botocore.config import Config
+
+    counter, client = proxied
+    endpoint = counter.endpoint
+    client.put_object(Bucket=BUCKET, Key="data/up.txt", Body=b"up")  # opens a keep-alive connection
+    outage = threading.Thread(target=counter.refuse, args=(1.5,))
+    outage.start()
+    time.sleep(0.3)
+    host, port = endpoint.removeprefix("http://").split(":")
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
+        pass
+    impatient = s3_client(
+        endpoint_url=endpoint,
+        aws_access_key_id="counter",
+        aws_secret_access_key="counter",
+        region_name="us-east-1",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+    with pytest.raises(Exception, match="(?i)connect"):
+        impatient.get_object(Bucket=BUCKET, Key="data/up.txt")
+    before = counter.snapshot()
+    # the patient client (8 attempts, botocore's backoff) rides the outage out on the connection it had
+    assert client.get_object(Bucket=BUCKET, Key="data/up.txt")["Body"].read() == b"up"
+    outage.join()
+    assert counter.endpoint == endpoint
+    assert (counter.snapshot() - before).verbs["GET"] == 1
+    assert counter.snapshot().refused >= 1
