@@ -206,7 +206,9 @@ def run_selection(
         for r in recipes:
             lacking = [n for n in recipe_sources(known[r]) if n not in catalog.sources]
             if lacking:
-                raise RecipeError(f"recipe {r} needs source(s) {lacking}, which the run's catalog does not have")
+                raise RecipeError(
+                    f"recipe {r} needs source(s) {lacking}, which the run's catalog does not have"
+                )
             names += recipe_sources(known[r])
     return catalog.selected(list(dict.fromkeys(names)) or None)
 
