@@ -236,6 +236,7 @@ class Faults:
             self.s3.counter.refuse(OUTAGE)
             self.records["s3_outage"] = {
                 "at_s": at, "seconds": OUTAGE, "during": f"{chosen[0]} try {chosen[3]}",
+                # requests cut off on open keep-alive connections; refused connects never reach the proxy's counts
                 "requests_refused": (self.s3.counter.snapshot() - before).refused,
             }  # fmt: skip
             return
