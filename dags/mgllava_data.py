@@ -68,11 +68,16 @@ def source_asset(name: str) -> Asset:
 
 
 def _run():
+    """This task's Run: one per task process, so the stages a task runs in turn share its store client and records."""
     from mgdata.ingest import Run
 
     context = get_current_context()
-    params = context["params"]
-    return Run(Settings.from_env(params), context["dag_run"].run_id, force=bool(params.get("force")))
+    if "mgdata_run" not in context:
+        params = context["params"]
+        context["mgdata_run"] = Run(
+            Settings.from_env(params), context["dag_run"].run_id, force=bool(params.get("force"))
+        )
+    return context["mgdata_run"]
 
 
 def _selection(run) -> list[str]:
@@ -81,7 +86,7 @@ def _selection(run) -> list[str]:
     from mgdata.recipes import run_selection
 
     sources = get_current_context()["params"].get("sources") or []
-    return list(run_selection(run.catalog, sources, list(run.settings.recipes)))
+    return list(run_selection(run.catalog, sources, list(run.settings.recipes), known=RECIPES))
 
 
 def _in_source(source: str, step: str, fn, *args):

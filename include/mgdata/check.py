@@ -21,7 +21,6 @@ reliability tests run the same function after every injected failure and retry.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import pyarrow.compute as pc
 from mgdata import manifest
 from mgdata.catalog import Catalog
 from mgdata.layout import is_temp
-from mgdata.run import finalize_journal_key, source_state_key
+from mgdata.run import finalize_journal_key, read_json, source_state_key
 from mgdata.storage import LocalStore, S3Store, Store, StoreError, check_key
 
 LISTED = 20  # problems of one kind listed per source; the rest are counted
@@ -65,10 +64,6 @@ def _sha256(store: Store, key: str) -> str:
 def _objects(store: Store, prefix: str) -> dict[str, int]:
     """`{path below prefix: size}` of every object under `prefix`."""
     return {o.key[len(prefix) :]: o.size for o in store.list(prefix)}
-
-
-def _read_json(store: Store, key: str) -> dict | None:
-    return json.loads(store.read_bytes(key)) if store.stat(key) is not None else None
 
 
 def _temp_files(store: Store) -> list[str]:
@@ -159,7 +154,7 @@ def check_source(
         sorted(set(quarantined) - set(invalid)),
     )
 
-    journal = _read_json(store, finalize_journal_key(source))
+    journal = read_json(store, finalize_journal_key(source))
     if journal is not None and not journal.get("done"):
         findings.problems.append(
             f"{source}: the finalize of run {journal.get('run_id')} was cut off and not finished "
@@ -167,7 +162,7 @@ def check_source(
         )
 
     counts = manifest.counts(table)
-    state = _read_json(store, source_state_key(source))
+    state = read_json(store, source_state_key(source))
     report = None
     if state is not None:
         if state.get("counts") != counts:
@@ -175,7 +170,7 @@ def check_source(
                 f"{source}: state counts {state.get('counts')} differ from the manifest's {counts}"
             )
         # The report of the run whose finalize made the manifest: its counts must be the manifest's.
-        report = _read_json(store, f"runs/{state['run_id']}/report.json")
+        report = read_json(store, f"runs/{state['run_id']}/report.json")
         said = ((report or {}).get("sources") or {}).get(source)
         if said is None:
             findings.problems.append(

@@ -3,9 +3,9 @@
 Each stage is one plain function that a thin Airflow task calls with plain arguments; it reads what it needs from the
 catalog and the store and returns a small dict (file names, shard ids, counts). Everything larger lives in the store:
 
-    state/<source>.json                   the source after its last successful ingest (files, counts, run id)
+    state/<source>.json                   the source after its last successful ingest (files, counts, the run that made it)
     state/<source>/files/<file>.json      per remote file: what was fetched (etag, size, digests) and extracted
-    runs/<run_id>/sources/<source>/...    this run's plan, fetch records, failures and the source summary
+    runs/<run_id>/sources/<source>/...    this run's plan (when it has work), fetch records, failures, the summary
     work/<run_id>/<source>/<file>/<n>.json  the members of one extract shard
 """
 
@@ -80,7 +80,7 @@ def plan_source(run: Run, source: str) -> list[dict]:
     store = run.store
     decisions = []
     if any(f.listed for f in src.files):
-        put_json(store, run.key(source, "listing.json"), _list_files(run, source))
+        run.put_record(source, "listing.json", _list_files(run, source))
     for f in run.files(source):
         rec = read_json(store, file_state_key(source, f.name)) or {}
         if src.kind == "urllist" and not _chosen(run, f):
@@ -99,7 +99,11 @@ def plan_source(run: Run, source: str) -> list[dict]:
         log.info(
             "%s/%s: %s%s", source, f.name, "fetch" if fetch else "keep", f" ({reason})" if reason else ""
         )
-    put_json(store, run.key(source, "plan.json"), {"source": source, "started": now(), "files": decisions})
+    plan = {"source": source, "started": now(), "files": decisions}
+    if any(d["fetch"] or d["extract"] for d in decisions) or store.stat(manifest.source_key(source)) is None:
+        run.put_record(source, "plan.json", plan)  # read by the source's shard and finalize tasks
+    else:  # unchanged: this task records the summary, which holds the plan; nothing else of the source runs
+        run.put_record(source, "plan.json", plan | {"unchanged": True}, persist=False)
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
 
 
@@ -180,8 +184,11 @@ def _list_files(run: Run, source: str) -> dict[str, list[dict]]:
                 files = [f.listed_file(m, h.path).model_dump() for h in hub_files]
             except ValueError as e:
                 raise SourceFailed(f"source {source!r}, file entry {f.name!r}: {e}") from None
-            listing = {"commit": commit, "mirror": m.describe(), "files": files, "run_id": run.run_id}
-            put_json(run.store, listing_state_key(source, f.name), listing)
+            listing = {"commit": commit, "mirror": m.describe(), "files": files}
+            last = read_json(run.store, listing_state_key(source, f.name)) or {}
+            if {k: last.get(k) for k in listing} != listing:  # the same listing is not written again
+                listing["run_id"] = run.run_id
+                put_json(run.store, listing_state_key(source, f.name), listing)
             log.info("%s/%s: %d files listed at commit %s", source, f.name, len(files), commit)
             break
         else:
@@ -316,7 +323,7 @@ def plan_shards(run: Run, source: str) -> list[str]:
     """Cut every file this run extracts into shards; return shard ids `<file>/<n>` (one mapped extract each)."""
     from mgdata.extract import shard_file
 
-    plan = read_json(run.store, run.key(source, "plan.json"))
+    plan = run.record(source, "plan.json")
     if plan is None:
         raise SourceFailed(f"source {source!r}: no plan for run {run.run_id} (did the plan task run?)")
     ids: list[str] = []
@@ -333,12 +340,10 @@ def extract_shard(run: Run, source: str, shard_id: str) -> dict:
 
 
 def unchanged(run: Run, source: str) -> bool:
-    """This run's plan fetches and extracts nothing and the source has a manifest from an earlier ingest: finalize
-    alone (no merge: the manifest stays as it is) records the source's summary, and the DAG skips the rest."""
-    plan = read_json(run.store, run.key(source, "plan.json")) or {"files": []}
-    if any(d["fetch"] or d["extract"] for d in plan["files"]):
-        return False
-    return run.store.stat(manifest.source_key(source)) is not None
+    """The plan this task just made fetches and extracts nothing and the source has a manifest from an earlier
+    ingest: finalize alone (no merge: the manifest stays as it is) records the source's summary, and the DAG skips
+    the rest."""
+    return bool((run.record(source, "plan.json") or {}).get("unchanged"))
 
 
 def ingest_source(run: Run, source: str) -> dict:
@@ -387,7 +392,7 @@ def finalize_source(run: Run, source: str) -> dict:
     removes the stale objects of both, so the diff in the summary is the same and no object is left without a
     row. The journal is marked done last; the saved manifest stays until the next run's finalize replaces it."""
     store, src = run.store, run.source(source)
-    plan = read_json(store, run.key(source, "plan.json")) or {"files": []}
+    plan = run.record(source, "plan.json") or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
     published = manifest.read_table(store, manifest.source_key(source))
@@ -416,9 +421,8 @@ def finalize_source(run: Run, source: str) -> dict:
     if redo and published is not None:  # what the cut-off attempt published may name more
         stale |= set(manifest.stale_objects(source, published, new))
     # the run of the last successful ingest (None on the first): what the diff is since
-    previous = (
-        journal.get("since") if redo else (read_json(store, source_state_key(source)) or {}).get("run_id")
-    )
+    recorded = read_json(store, source_state_key(source)) or {}
+    previous = journal.get("since") if redo else recorded.get("run_id")
     if not redo and (stale or new is not published):
         if old is not None:
             manifest.write_table(store, finalize_old_key(source), old)
@@ -475,11 +479,14 @@ def finalize_source(run: Run, source: str) -> dict:
         "run_id": run.run_id,
     }
     put_json(store, run.key(source, "summary.json"), summary)
-    state = {"source": source, "run_id": run.run_id, "counts": counts, "files": records}
-    recorded = read_json(store, source_state_key(source)) or {}
-    # A retry or a cleared task of the same run that changed nothing leaves the state exactly as it was.
-    if {k: recorded.get(k) for k in state} != state:
-        put_json(store, source_state_key(source), state | {"updated": summary["finished"]})
+    state = {"source": source, "counts": counts, "files": records}
+    # The state names the run that made the manifest as it is: a refresh that changed nothing (or a retry or a
+    # cleared task of the same run) leaves it exactly as it was, so an unchanged refresh writes no state.
+    made_here = new is not published or bool(stale)
+    if {k: recorded.get(k) for k in state} != state or made_here and recorded.get("run_id") != run.run_id:
+        put_json(
+            store, source_state_key(source), state | {"run_id": run.run_id, "updated": summary["finished"]}
+        )
     if journal is not None and not journal["done"]:  # the transaction is complete
         put_json(
             store, finalize_journal_key(source), journal | {"done": True, "finished": summary["finished"]}

@@ -34,21 +34,21 @@ def source_root(store: Store, prefix: str = "data/") -> str | None:
     return None if base is None else str(base)
 
 
-def in_place(root: str, src_root: str | None, path: str, size: int) -> bool:
-    """`root/<path>` is already the store's file: its hardlink (same inode as `src_root/<path>`), or from a store
-    that is not a local folder (`src_root` None), a file of the right size. Plain string paths and two stats: a
-    refresh of the 2.07M-file tree stops here for every file, so this runs inline, not on the placing threads (a
-    thread hand-off and pathlib per file cost 56 µs a file, 116 s a refresh)."""
+def in_place(dst: str, src: str | None, size: int) -> bool:
+    """The file `dst` is already the store's: a hardlink of `src` (the same inode), or, from a store that is not a
+    local folder (`src` None), a file of the right size. Plain string paths and two stats: a refresh of the
+    2.07M-file tree stops here for every file, so this runs inline, not on the placing threads (a thread hand-off
+    and pathlib per file cost 56 µs a file, 116 s a refresh)."""
     try:
-        st = os.stat(f"{root}/{path}")
+        st = os.stat(dst)
     except OSError:  # not there, or a name this filesystem cannot hold: `_place` tells which
         return False
     if stat.S_ISDIR(st.st_mode):
         return False
-    if src_root is None:
+    if src is None:
         return st.st_size == size
     try:
-        return os.stat(f"{src_root}/{path}").st_ino == st.st_ino
+        return os.stat(src).st_ino == st.st_ino
     except OSError:
         return False
 
@@ -61,16 +61,10 @@ def _place(store: Store, root: Path, path: str, size: int, prefix: str = "data/"
 def place_object(store: Store, key: str, size: int, dst: str | os.PathLike) -> str:
     """One store object at `dst` (a training JSON in a recipe's tree): "unchanged" when it is already there, else
     linked, copied or downloaded like every file of a tree."""
-    dst, src = Path(dst), store.local_path(key)
-    try:
-        st = dst.stat()
-        if stat.S_ISREG(st.st_mode) and (
-            st.st_size == size if src is None else st.st_ino == src.stat().st_ino
-        ):
-            return "unchanged"
-    except OSError:  # not there yet
-        pass
-    return _place_key(store, key, dst)
+    src = store.local_path(key)
+    if in_place(str(dst), None if src is None else str(src), size):
+        return "unchanged"
+    return _place_key(store, key, Path(dst))
 
 
 def _place_key(store: Store, key: str, dst: Path) -> str:
@@ -193,7 +187,7 @@ def _place_all(
     with ThreadPoolExecutor(WORKERS) as pool:
         pending: deque = deque()
         for path, size in files:
-            if in_place(root_s, src_root, path, size):
+            if in_place(f"{root_s}/{path}", None if src_root is None else f"{src_root}/{path}", size):
                 outcome["unchanged"] += 1
                 continue
             pending.append(pool.submit(_place_or_skip, store, root, path, size, prefix))

@@ -9,6 +9,7 @@ a new YAML file.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from pathlib import Path
 
@@ -296,19 +297,13 @@ def check_in_store(
     if in_store is None:
         in_store = store_resolver(store, [n for n in recipe.sources if n in catalog.sources]).in_store
     laid_out: dict[str, bool] = {}  # folder (ours) -> one of the recipe's sources lays it out
-    # the last (image, folder) and its answer: a named check asks again for the image just resolved
-    last: list = [None, None]
 
+    # a named check asks again for the image just resolved: the last answer is kept
+    @functools.lru_cache(maxsize=1)
     def ours(image: str, folder: str) -> str | None:
         """The image's data/-relative path in our names, or None when the recipe's tree cannot hold it: outside
         its data folder, or in a folder only a source the recipe lacks lays out (the store may hold it, the recipe's
         tree does not)."""
-        if last[0] == (image, folder):
-            return last[1]
-        last[0], last[1] = (image, folder), _ours(image, folder)
-        return last[1]
-
-    def _ours(image: str, folder: str) -> str | None:
         path = recipe.data_path(folder, image)
         if path is None:
             return None

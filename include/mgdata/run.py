@@ -30,9 +30,8 @@ def now() -> str:
 
 
 def read_json(store: Store, key: str) -> dict | None:
-    if store.stat(key) is None:
-        return None
-    return json.loads(store.read_bytes(key))
+    data = store.read_if_exists(key)
+    return None if data is None else json.loads(data)
 
 
 def put_json(store: Store, key: str, value) -> None:
@@ -60,7 +59,6 @@ def finalize_old_key(source: str) -> str:
 
 
 @dataclass
-@dataclass
 class Run:
     """What every stage of one DAG run shares: settings, run id, the force flag; catalog and store load lazily."""
 
@@ -68,6 +66,8 @@ class Run:
     run_id: str
     force: bool = False
     _store: Store | None = field(default=None, repr=False)
+    # this run's own records that this process wrote, so the same task reads them back without a request
+    _written: dict[str, dict] = field(default_factory=dict, repr=False)
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -88,7 +88,7 @@ class Run:
         entries = self.source(source).files
         if not any(f.listed for f in entries):
             return list(entries)
-        found = read_json(self.store, self.key(source, "listing.json")) or {}
+        found = self.record(source, "listing.json") or {}
         out: list[RemoteFile] = []
         for f in entries:
             out += [RemoteFile.model_validate(d) for d in found.get(f.name, [])] if f.listed else [f]
@@ -102,6 +102,19 @@ class Run:
 
     def key(self, source: str, *parts: str) -> str:
         return "/".join(["runs", self.run_id, "sources", source, *parts])
+
+    def put_record(self, source: str, name: str, value: dict, *, persist: bool = True) -> None:
+        """Write one of this run's records of a source (`runs/<run_id>/sources/<source>/<name>`); `persist=False`:
+        keep it in this process only, for a record no other task reads."""
+        if persist:
+            put_json(self.store, self.key(source, name), value)
+        self._written[self.key(source, name)] = value
+
+    def record(self, source: str, name: str) -> dict | None:
+        """One of this run's records of a source, None if not written. Only this run writes under its runs/
+        folder, and a task rewrites a record only by running again, so what this process wrote is still current."""
+        key = self.key(source, name)
+        return self._written[key] if key in self._written else read_json(self.store, key)
 
     def work_key(self, source: str, *parts: str) -> str:
         return "/".join(["work", self.run_id, source, *parts])

@@ -248,23 +248,25 @@ def test_celery_deployment_runs_fails_and_recovers_through_the_rest_api(deployme
 # S3 requests per phase
 
 
-# An unchanged refresh's request budget (measured: 105 for 2 of the catalog's 17 sources, see docs/cluster.md). Per
-# selected source (measured 32): plan reads the file state and stats the raw copy and the manifest, and writes the
-# run's plan; finalize (no merge) reads plan, state, journal and fetch records and writes the summary and the state;
-# assemble and verify read the summary and the manifest. Per catalog source (2): verify stats its manifest and lists
-# its skip records. Per run (7): the report, written by assemble and again by verify, and the training JSONs' stat.
-# Nothing per image: one request more per image member (86 here) would break it.
-REFRESH_REQUESTS_PER_SOURCE = 36
+# An unchanged refresh's request budget (measured: 82 for 2 of the catalog's 17 sources, see docs/cluster.md). Per
+# selected source (measured 16): plan reads the file state and stats the raw copy and the manifest; finalize (no
+# merge, in the plan task) reads the manifest, journal, state and file state, lists the fetch records and writes the
+# summary (the plan stays in the task); assemble reads the summary and the manifest, verify the manifest and the skip
+# records. Per catalog source (2): verify reads its manifest and lists its skip records. Per run (16): the report,
+# written by assemble and again by verify, and the training JSONs' stat. Nothing per image: one request more per
+# image member (86 here) would break it.
+REFRESH_REQUESTS_PER_SOURCE = 18
 REFRESH_REQUESTS_PER_CATALOG_SOURCE = 2
-REFRESH_REQUESTS_PER_RUN = 10
+REFRESH_REQUESTS_PER_RUN = 16
 
 
 def assert_cheap_refresh(c: Counts, catalog_sources: int) -> None:
-    """No data written (no PutObject outside the run's own records and the sources' state, no multipart upload, no
-    copy, no delete), and a number of requests bounded by the sources, whatever their image count."""
+    """No data and no state written (no PutObject outside the run's own records, no multipart upload, no copy, no
+    delete), and a number of requests bounded by the sources, whatever their image count."""
     assert c.multipart == 0 and c.verbs["COPY"] == 0 and c.verbs["DELETE"] == 0, dict(c.verbs)
-    assert set(c.written) <= {"runs", "state"}, f"an unchanged refresh wrote data: {dict(c.written)}"
-    assert c.written["state"] <= len(SOURCES), dict(c.written)  # each source's state names its last run
+    assert set(c.written) <= {"runs"}, (
+        f"an unchanged refresh wrote more than its run's records: {dict(c.written)}"
+    )
     budget = (
         REFRESH_REQUESTS_PER_SOURCE * len(SOURCES)
         + REFRESH_REQUESTS_PER_CATALOG_SOURCE * catalog_sources

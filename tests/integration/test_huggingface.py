@@ -178,8 +178,8 @@ def test_unchanged_refresh_fetches_nothing_and_a_moved_revision_fetches_again(hu
     again = ingest(hub, "allava_vflan", "r2")
     assert (again["files_fetched"], again["bytes_fetched"]) == (0, 0)
     assert len(resolves(hub, "vision-flan")) == before  # metadata only: HEAD + paths-info
-    plan = json.loads(hub.store.read_bytes("runs/r2/sources/allava_vflan/plan.json"))
-    assert plan["files"][0]["reason"].startswith("unchanged") and "/resolve/" in plan["files"][0]["reason"]
+    plan = json.loads(hub.store.read_bytes("runs/r2/sources/allava_vflan/summary.json"))["plan"]
+    assert plan[0]["reason"].startswith("unchanged") and "/resolve/" in plan[0]["reason"]
 
     # `main` moves to a commit whose zip differs (one member more): fetched and extracted again.
     key = hub.standin.repo_key("dataset", "Vision-Flan/vision-flan_191-task_1k")
@@ -217,9 +217,9 @@ def relocated(h, name: str, change) -> Settings:
 
 
 def plan_of(settings: Settings, source: str, run_id: str) -> list[dict]:
-    plan_source(Run(settings, run_id), source)
-    store = LocalStore(settings.storage.removeprefix("file://"))
-    return json.loads(store.read_bytes(f"runs/{run_id}/sources/{source}/plan.json"))["files"]
+    run = Run(settings, run_id)
+    plan_source(run, source)
+    return run.record(source, "plan.json")["files"]
 
 
 def test_a_pinned_file_whose_mirrors_change_is_not_fetched_again_but_a_new_pin_is(hub):

@@ -6,7 +6,6 @@ loopback serve the same replica, as a moved mirror would.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,9 +49,9 @@ def settings(m, name: str, mirrors: list[str], **entry) -> Settings:
 
 
 def plan(s: Settings, run_id: str) -> dict:
-    plan_source(Run(s, run_id), SOURCE)
-    store = LocalStore(s.storage.removeprefix("file://"))
-    (decision,) = json.loads(store.read_bytes(f"runs/{run_id}/sources/{SOURCE}/plan.json"))["files"]
+    run = Run(s, run_id)
+    plan_source(run, SOURCE)
+    (decision,) = run.record(SOURCE, "plan.json")["files"]
     return decision
 
 

@@ -17,8 +17,13 @@ from mgdata.storage import LocalStore, S3Store, StoreError, open_store, s3_clien
 def store(request, tmp_path, moto_endpoint):
     if request.param == "local":
         return LocalStore(tmp_path / "store")
+    return new_s3_store(moto_endpoint)
+
+
+def new_s3_store(endpoint: str) -> S3Store:
+    """A store on a bucket of its own, through the production client."""
     client = s3_client(
-        endpoint_url=moto_endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id="test",
         aws_secret_access_key="test",
         region_name="us-east-1",
@@ -33,6 +38,7 @@ def test_put_read_stat_delete(store):
     assert store.read_bytes("a/b/c.bin") == b"hello"
     assert store.stat("a/b/c.bin").size == 5
     assert store.stat("a/b/missing") is None
+    assert store.read_if_exists("a/b/c.bin") == b"hello" and store.read_if_exists("a/b/missing") is None
     store.delete("a/b/c.bin")
     assert not store.exists("a/b/c.bin")
 
@@ -145,3 +151,27 @@ def test_missing_bucket_error_names_the_store(moto_endpoint):
     store = S3Store("no-such-bucket-here", "p", client)
     with pytest.raises(StoreError, match=r"s3://no-such-bucket-here/p/k.*NoSuchBucket"):
         store.put_bytes("k", b"x")
+
+
+def test_bookkeeping_reads_cost_one_request_each_on_s3(moto_endpoint):
+    """A state record or a manifest is read with one GET, found or not: no HEAD first, no ranged reads of a footer.
+    Counted at the client's HTTP layer (every request botocore sends)."""
+    import pyarrow as pa
+
+    from mgdata import manifest
+    from mgdata.run import put_json, read_json
+
+    store = new_s3_store(moto_endpoint)
+    rows = [
+        {"path": f"x/{i}.jpg", "bytes": i, "status": "ok", "origin": "a.zip", "run_id": "r"}
+        for i in range(3000)
+    ]
+    put_json(store, "state/x.json", {"a": 1})
+    manifest.write_table(store, "manifests/x.parquet", pa.Table.from_pylist(rows, schema=manifest.SCHEMA))
+    sent: list[str] = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+
+    assert read_json(store, "state/x.json") == {"a": 1} and read_json(store, "state/none.json") is None
+    assert manifest.read_table(store, "manifests/x.parquet", columns=["path"]).num_rows == 3000
+    assert manifest.read_table(store, "manifests/none.parquet") is None
+    assert sent == ["GET"] * 4

@@ -181,8 +181,8 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
     assert back["files_fetched"] == 0 and back["images_ok"] + back["images_normalized"] == usable + 1
     again = ingest_source(Run(mirror, "run5"), "ocr_vqa")
     assert again["files_fetched"] == 0 and again["images_ok"] + again["images_normalized"] == usable
-    plan = json.loads(store.read_bytes("runs/run5/sources/ocr_vqa/plan.json"))
-    assert "rows were dropped" in plan["files"][1]["reason"]
+    plan = json.loads(store.read_bytes("runs/run5/sources/ocr_vqa/summary.json"))["plan"]
+    assert "rows were dropped" in plan[1]["reason"]
 
 
 def test_a_redirect_loop_stops_after_max_redirects(tmp_path):

@@ -4,6 +4,7 @@ in a finished run), and clearing the whole finished run converges to the same ma
 from __future__ import annotations
 
 import hashlib
+import json
 
 from mgdata import manifest
 from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
@@ -92,3 +93,34 @@ def test_clearing_a_finished_run_converges(mirror, tmp_path):
     assert planned == [] and shards == []  # nothing fetched or extracted again
     assert manifest_rows(store) == rows and listing(store) == objects
     assert store.read_bytes(f"state/{SOURCE}.json") == state
+
+
+def state_objects(store: LocalStore) -> dict[str, bytes]:
+    return {o.key: store.read_bytes(o.key) for o in store.list("state/")}
+
+
+def test_an_unchanged_refresh_writes_no_state_and_a_forced_one_does(mirror, tmp_path):
+    """The state names the run that made the manifest: a later run that changes nothing leaves every state object
+    as it was (no write on a refresh), and its summary's diff is since that run; a forced re-extract is named."""
+    _, catalog, _ = mirror
+    store = LocalStore(tmp_path / "store")
+    settings = Settings(storage=store.url, catalog=catalog)
+
+    def whole_run(run: Run) -> dict:
+        for f in plan_source(run, SOURCE):
+            fetch_file(run, SOURCE, f["file"])
+        for shard in plan_shards(run, SOURCE):
+            extract_shard(run, SOURCE, shard)
+        return finalize_source(run, SOURCE)
+
+    whole_run(Run(settings, "run1"))
+    state = state_objects(store)
+    for run_id in ("run2", "run3"):
+        summary = whole_run(Run(settings, run_id))
+        assert summary["status"] == "ok" and summary["added"] == summary["removed"] == summary["changed"] == 0
+        assert state_objects(store) == state, f"{run_id} rewrote the state of an unchanged source"
+        recorded = json.loads(store.read_bytes(f"runs/{run_id}/sources/{SOURCE}/summary.json"))
+        assert recorded["diff_since"] == "run1"
+
+    whole_run(Run(settings, "run4", force=True))
+    assert json.loads(store.read_bytes(f"state/{SOURCE}.json"))["run_id"] == "run4"

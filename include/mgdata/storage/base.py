@@ -95,6 +95,13 @@ class Store(ABC):
         with self.open_range(key) as f:
             return f.read()
 
+    def read_if_exists(self, key: str) -> bytes | None:
+        """The whole object, or None when there is none. Remote backends answer both with one request (a GET that
+        may find nothing), not a HEAD and then a GET: bookkeeping reads a few small objects per source and run."""
+        if self.stat(key) is None:
+            return None
+        return self.read_bytes(key)
+
     @abstractmethod
     def new_writer(self, key: str, *, durable: bool = True) -> ObjectWriter:
         """`durable=False`: the object is published as atomically, but may be lost in a power cut until `sync()`."""

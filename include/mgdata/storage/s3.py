@@ -90,6 +90,21 @@ class S3Store(Store):
     def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         return self._get_range(key, start, end)
 
+    def read_if_exists(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+            return body.read()
+        except ClientError as e:
+            if client_error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StoreError(
+                f"GetObject {self.describe(key)} failed: {client_error_code(e) or 'error'}"
+            ) from e
+        except BotoCoreError as e:
+            raise StoreError(f"GetObject {self.describe(key)} failed: {e}") from e
+
     def _get_range(self, key: str, start: int, end: int | None, if_match: str | None = None) -> BinaryIO:
         """A GetObject of bytes [start, end); with `if_match`, only of the version whose ETag that is."""
         kwargs = {"Bucket": self.bucket, "Key": self.full_key(key)}
