@@ -420,7 +420,7 @@ def finalize_source(run: Run, source: str) -> dict:
     stale = set(manifest.stale_objects(source, old, new))
     if redo and published is not None:  # what the cut-off attempt published may name more
         stale |= set(manifest.stale_objects(source, published, new))
-    # the run of the last successful ingest (None on the first): what the diff is since
+    # the run that made the published manifest (None on the first): what the diff is since
     recorded = read_json(store, source_state_key(source)) or {}
     previous = journal.get("since") if redo else recorded.get("run_id")
     if not redo and (stale or new is not published):
