@@ -97,12 +97,7 @@ def test_refuse_takes_the_endpoint_away_then_serves_on_the_same_port(proxied):
     counter, client = proxied
     endpoint = counter.endpoint
     client.put_object(Bucket=BUCKET, Key="data/up.txt", Body=b"up")  # opens a keep-alive connection
-    outage = threading.Thread(target=counter.refuse, args=(1.5,))
-    outage.start()
-    time.sleep(0.3)
-    host, port = endpoint.removeprefix("http://").split(":")
-    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
-        pass
+    # made before the outage: building a client can take longer than the outage on a loaded machine
     impatient = s3_client(
         endpoint_url=endpoint,
         aws_access_key_id="counter",
@@ -110,6 +105,12 @@ def test_refuse_takes_the_endpoint_away_then_serves_on_the_same_port(proxied):
         region_name="us-east-1",
         config=Config(retries={"mode": "standard", "max_attempts": 1}),
     )
+    outage = threading.Thread(target=counter.refuse, args=(3.0,))
+    outage.start()
+    time.sleep(0.3)
+    host, port = endpoint.removeprefix("http://").split(":")
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
+        pass
     with pytest.raises(Exception, match="(?i)connect"):
         impatient.get_object(Bucket=BUCKET, Key="data/up.txt")
     before = counter.snapshot()
