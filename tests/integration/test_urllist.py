@@ -224,3 +224,34 @@ def test_the_proxy_from_the_environment_is_used_unless_bypassed(host, tmp_path, 
         "ProxyError: Connection refused"
     )
     assert bypassed["status"] == "ok"
+
+
+def test_an_error_body_arriving_late_does_not_spoil_the_next_request_on_its_connection(tmp_path):
+    """A 404's body can reach the client after its headers (they go out in separate writes). The connection must
+    not serve the next URL with those bytes still unread: the next answer would start with the old body, fail to
+    parse, and the next URL would be fetched twice."""
+    (tmp_path / "root").mkdir()
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, "JPEG")
+
+    def host(handler, relpath, method):
+        if relpath.endswith("dead.jpg"):
+            body = b"404 Not Found\n" * 64
+            handler.send_response(404)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.flush()
+            time.sleep(0.2)  # the body comes late: the client already holds the status
+            handler.wfile.write(body)
+            return
+        handler._send_body(200, image.getvalue(), "image/jpeg", None, method == "HEAD")
+
+    with MirrorServer(tmp_path / "root", routes=[("covers/", host)]) as server:
+        items = [
+            ("dead", f"{server.base_url}/covers/dead.jpg"),
+            ("alive", f"{server.base_url}/covers/alive.jpg"),
+        ]
+        rows = ingest_urls(LocalStore(tmp_path / "s"), "x", "x/images", items, run_id="r",
+                           policy=FetchPolicy(workers=1, per_host=1, backoff=0.05))  # fmt: skip
+    assert [r["status"] for r in rows] == ["missing", "ok"]
+    assert [p for _, p, _ in server.requests] == ["/covers/dead.jpg", "/covers/alive.jpg"]

@@ -41,6 +41,7 @@ URLS_PER_SHARD = (
     1000  # ~208 mapped extract tasks for OCR-VQA's 207,572 URLs: in the hundreds, as Airflow likes
 )
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # a book cover is ~10-100 KB; more is not a cover
+_DRAIN_LIMIT = 64 * 1024  # an error page read to the end to keep its connection; a longer one closes it
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -179,7 +180,7 @@ def download(item: tuple[str, str], client: _Client, hosts: _Hosts, policy: Fetc
                     if retry_after is not None:
                         hosts.pause(host, min(retry_after, policy.max_backoff))
                 finally:
-                    resp.release_conn()
+                    _finish(resp)
             except urllib3.exceptions.MaxRetryError as e:
                 if isinstance(e.reason, urllib3.exceptions.ResponseError):  # the only one: too many redirects
                     return Download(image_id, url, None, f"more than {policy.max_redirects} redirects")
@@ -192,6 +193,18 @@ def download(item: tuple[str, str], client: _Client, hosts: _Hosts, policy: Fetc
             delay = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             time.sleep(max(delay, retry_after or 0.0))
     return Download(image_id, url, None, f"{reason} (gave up after {policy.attempts} attempts)")
+
+
+def _finish(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool only with nothing of this answer left to come on it. An error's body
+    may arrive after its status: left unread, it would be read as the start of the next URL's answer, which then
+    fails to parse and is fetched again. A small body is read and dropped; a connection with more is closed."""
+    remaining = resp.length_remaining  # None when the body is chunked or unbounded
+    if not resp.closed and remaining is not None and remaining <= _DRAIN_LIMIT:
+        resp.drain_conn()
+    if not resp.closed:
+        resp.close()  # chunked, unbounded or large: cheaper to open a new connection than to read it
+    resp.release_conn()
 
 
 def _read_capped(resp: urllib3.BaseHTTPResponse) -> bytes | None:
