@@ -111,8 +111,10 @@ def _in_source(source: str, step: str, fn, *args):
 def plan(source: str) -> list[dict]:
     """Compare each remote file with the last ingest (ETag, size, checksum) and decide what to fetch.
 
-    An unchanged source is finished here (its summary recorded) and the plan task ends as skipped, so the source's
-    fetch, shard, extract and finalize are skipped too: a refresh costs one task instance per unchanged source."""
+    An unchanged source is finished here and the plan task ends as skipped, so the source's fetch, shard, extract
+    and finalize are skipped too: a refresh costs one task instance per unchanged source. Its summary goes to
+    assemble as this task's XCom `summary` (small: counts, the plan's decisions), so it writes nothing to the
+    store."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from mgdata.ingest import finalize_source, plan_source, unchanged
@@ -124,7 +126,8 @@ def plan(source: str) -> list[dict]:
         )
     files = _in_source(source, "plan", plan_source)
     if not files and _in_source(source, "plan", unchanged):
-        _in_source(source, "finalize", finalize_source)
+        _in_source(source, "finalize", finalize_source, False)
+        get_current_context()["ti"].xcom_push(key="summary", value=_run().record(source, "summary.json"))
         raise AirflowSkipException(
             f"{source} is unchanged since its last ingest: nothing to fetch or extract"
         )
@@ -173,7 +176,11 @@ def assemble() -> dict:
     from mgdata.report import assemble_run
 
     run = _run()
-    result = assemble_run(run, _selection(run))
+    selected = _selection(run)
+    ti = get_current_context()["ti"]
+    # an unchanged source's summary is its plan task's XCom; the other sources' are in the store
+    handed = {name: ti.xcom_pull(task_ids=f"{name}.plan", key="summary") for name in selected}
+    result = assemble_run(run, selected, {name: s for name, s in handed.items() if s})
     get_current_context()["outlet_events"][CORPUS].extra = result
     return result
 

@@ -14,6 +14,7 @@ usable paths from the manifests, one bbox JSON's keys).
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import time
@@ -26,7 +27,7 @@ from stat import S_ISREG
 from typing import BinaryIO, Literal
 
 from mgdata import pitfalls
-from mgdata.catalog import Catalog, TrainingFile
+from mgdata.catalog import Catalog
 from mgdata.contracts import CONTRACTS, MGLLAVA, Contract, Rules
 from mgdata.jsonstream import StreamError, array_items, object_items
 
@@ -675,6 +676,7 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     skipped: dict[str, str] = {}
     skipped_members: dict[str, dict] = {}  # per source: reason -> {count, first}
     said: dict[str, pitfalls.Why] = {}  # the few paths a named check names: dead URLs, misnamed formats
+    skip_records = read_skipped(store, sources)
     for source in sources:
         columns = ["path", "status", "format", "error"]
         table = manifest.read_table(store, manifest.source_key(source), columns=columns)
@@ -683,7 +685,7 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
             # `missing` rows (dead URLs) have no file at all: missing, not broken
             quarantined.update(table.filter(pc.equal(table["status"], "invalid"))["path"].to_pylist())
             said.update(_said_of_rows(table, source))
-        paths, skipped_members[source] = read_skipped(store, source)
+        paths, skipped_members[source] = skip_records[source]
         skipped.update(paths)
     root = Path(layout_dir) if layout_dir else None
 
@@ -781,6 +783,26 @@ def folder_resolver(data_dir: str | os.PathLike, *, decode: bool = True) -> Reso
 # ------------------------------------------------------------------------------------------------ the run's check
 
 
+class StoredKeys:
+    """Whether a key is in the store, from one listing per folder asked about: the training JSONs sit a few to a
+    folder, so checking that a run's dozen JSONs and bbox JSONs exist costs a LIST per folder, not a HEAD each. A
+    folder that holds more than a listing page (1,000 keys), or a key at the top, is asked about key by key."""
+
+    PAGE = 1000
+
+    def __init__(self, store):
+        self.store = store
+        self._folders: dict[str, set[str] | None] = {}
+
+    def __contains__(self, key: str) -> bool:
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else None
+        if folder is not None and folder not in self._folders:
+            keys = {o.key for o in itertools.islice(self.store.list(folder), self.PAGE + 1)}
+            self._folders[folder] = keys if len(keys) <= self.PAGE else None
+        known = self._folders.get(folder) if folder is not None else None
+        return key in known if known is not None else self.store.stat(key) is not None
+
+
 def check_store(
     store,
     catalog: Catalog,
@@ -788,25 +810,25 @@ def check_store(
     layout_dir: str | os.PathLike | None = None,
     sources: dict[str, dict] | None = None,
     resolve: Resolver | None = None,
+    stored: StoredKeys | None = None,
 ) -> dict:
     """Check every training JSON the catalog declares against the store's manifests (report.json `ready_to_train`).
 
     `sources`: the run's per-source outcome ({status, error}), so the verdict says why a prefix is missing.
-    `resolve`: a `store_resolver` over the catalog's sources already made (its manifests are read once a run)."""
+    `resolve`: a `store_resolver` over the catalog's sources already made (its manifests are read once a run).
+    `stored`: which JSONs are in the store, when the caller checks more (the recipes' JSONs) from the same folders."""
     resolve = resolve or store_resolver(store, list(catalog.sources), layout_dir=layout_dir)
+    stored = stored if stored is not None else StoredKeys(store)
     check = Check()
     for t in catalog.training:
-        _check_declared(store, check, t, resolve)
+        check_stored(
+            store, check, t.json_key, t.boxes, resolve, optional=t.optional, contract=CONTRACTS[t.contract],
+            stored=stored,
+        )  # fmt: skip
     report = check.as_report(catalog, sources=sources)
     # the skip records the resolver read (one listing per source, not a second one here)
     report["skipped_members"] = {name: r for name, r in resolve.skipped_members.items() if r}
     return report
-
-
-def _check_declared(store, check: Check, t: TrainingFile, resolve: Resolver) -> None:
-    check_stored(
-        store, check, t.json_key, t.boxes, resolve, optional=t.optional, contract=CONTRACTS[t.contract]
-    )
 
 
 def check_stored(
@@ -819,13 +841,18 @@ def check_stored(
     optional: bool,
     contract: Contract | None = None,
     absent: str = "not in the store",
+    stored: StoredKeys | None = None,
 ) -> None:
     """Check the training JSON at store key `key` (and its bbox JSON `boxes`) into `check`, or record it absent:
     `absent` says why when the JSON is not there, and the bbox JSON is named when it is the one missing."""
-    if store.stat(key) is None:
+
+    def there(k: str) -> bool:
+        return k in stored if stored is not None else store.stat(k) is not None
+
+    if not there(key):
         check.absent(key, boxes, optional=optional, why=absent)
         return
-    if boxes is not None and store.stat(boxes) is None:
+    if boxes is not None and not there(boxes):
         check.absent(key, boxes, optional=optional, why=f"its bbox JSON {boxes} is not in the store")
         return
     with store.open_range(key) as samples:

@@ -294,18 +294,22 @@ def record_skipped(store, source: str, f: RemoteFile, members: list[Member]) -> 
     return record
 
 
-def read_skipped(store, source: str) -> tuple[dict[str, str], dict[str, dict]]:
-    """(would-be path -> reason, reason -> {count, first}) over the source's files' skip records."""
-    paths: dict[str, str] = {}
-    reasons: dict[str, dict] = {}
-    for obj in store.list(f"state/{source}/skipped/"):
+def read_skipped(store, sources: list[str]) -> dict[str, tuple[dict[str, str], dict[str, dict]]]:
+    """Per source: (would-be path -> reason, reason -> {count, first}) over its files' skip records, found with one
+    listing of `state/` for every source (a few keys per source), not one listing each."""
+    found: dict[str, tuple[dict[str, str], dict[str, dict]]] = {source: ({}, {}) for source in sources}
+    for obj in store.list("state/"):
+        _, source, kind, *_ = obj.key.split("/", 3) + ["", ""]
+        if kind != "skipped" or source not in found or not obj.key.endswith(".json"):
+            continue
+        paths, reasons = found[source]
         record = json.loads(store.read_bytes(obj.key))
         paths.update(record.get("paths") or {})
         for reason, n in (record.get("counts") or {}).items():
             r = reasons.setdefault(reason, {"count": 0, "first": []})
             r["count"] += n
             r["first"] = (r["first"] + record["first"].get(reason, []))[:SKIPPED_EXAMPLES]
-    return paths, reasons
+    return found
 
 
 def extract(run: Run, source: str, shard_id: str) -> dict:

@@ -78,11 +78,13 @@ def plan_source(run: Run, source: str) -> list[dict]:
     """
     src = run.source(source)
     store = run.store
-    decisions = []
-    if any(f.listed for f in src.files):
-        run.put_record(source, "listing.json", _list_files(run, source))
+    decisions, states = [], {}
+    listed = any(f.listed for f in src.files)
+    if listed:  # kept here until the plan is known: only a source that runs on reads it in its other tasks
+        run.put_record(source, "listing.json", _list_files(run, source), persist=False)
     for f in run.files(source):
-        rec = read_json(store, file_state_key(source, f.name)) or {}
+        states[f.name] = read_json(store, file_state_key(source, f.name))
+        rec = states[f.name] or {}
         if src.kind == "urllist" and not _chosen(run, f):
             decisions.append(_not_chosen(run, source, f))
             continue
@@ -102,8 +104,10 @@ def plan_source(run: Run, source: str) -> list[dict]:
     plan = {"source": source, "started": now(), "files": decisions}
     if any(d["fetch"] or d["extract"] for d in decisions) or store.stat(manifest.source_key(source)) is None:
         run.put_record(source, "plan.json", plan)  # read by the source's shard and finalize tasks
+        if listed:
+            run.put_record(source, "listing.json", run.record(source, "listing.json"))
     else:  # unchanged: this task records the summary, which holds the plan; nothing else of the source runs
-        run.put_record(source, "plan.json", plan | {"unchanged": True}, persist=False)
+        run.put_record(source, "plan.json", plan | {"unchanged": True, "file_states": states}, persist=False)
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
 
 
@@ -381,9 +385,10 @@ def extract_shards(run: Run, source: str, shard_ids: list[str]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------- finalize
 
 
-def finalize_source(run: Run, source: str) -> dict:
+def finalize_source(run: Run, source: str, persist: bool = True) -> dict:
     """Merge the shard manifests, diff against the last ingest, remove what left it, record state and this run's
-    source summary.
+    source summary (`runs/<run_id>/sources/<source>/summary.json`; with `persist=False` kept in this process as
+    `run.record(source, "summary.json")`, for a caller that hands it on itself).
 
     A write-ahead transaction, safe to retry after a kill at any point: before the new manifest is published, the
     manifest it replaces is saved (`work/journal/<source>/old.parquet`) and a journal names it
@@ -395,50 +400,26 @@ def finalize_source(run: Run, source: str) -> dict:
     plan = run.record(source, "plan.json") or {"files": []}
     extracted = [d["file"] for d in plan["files"] if d["extract"]]
     files = run.files(source)
-    published = manifest.read_table(store, manifest.source_key(source))
     journal = read_json(store, finalize_journal_key(source))
     redo = journal is not None and (not journal["done"] or journal["run_id"] == run.run_id)
-    if redo:  # an earlier attempt got as far as the journal: do it again from the manifest it saved
-        old = manifest.read_table(store, finalize_old_key(source)) if journal["old"] else None
-        if not journal["done"]:
-            log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
-    else:
-        old = published
-    by_file: dict = {}
-    if extracted or published is None or redo:
-        # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
-        by_file = {
-            f.name: manifest.merge(
-                [manifest.read_table(store, o.key) for o in store.list(manifest.parts_prefix(source, f.name))]
-            )
-            for f in files
-        }
-        new = manifest.merge(list(by_file.values()))
-    else:
-        new = published
-    change = manifest.diff(old, new)
-    stale = set(manifest.stale_objects(source, old, new))
-    if redo and published is not None:  # what the cut-off attempt published may name more
-        stale |= set(manifest.stale_objects(source, published, new))
     # the run that made the published manifest (None on the first): what the diff is since
     recorded = read_json(store, source_state_key(source)) or {}
     previous = journal.get("since") if redo else recorded.get("run_id")
-    if not redo and (stale or new is not published):
-        if old is not None:
-            manifest.write_table(store, finalize_old_key(source), old)
-        journal = {
-            "source": source,
-            "run_id": run.run_id,
-            "old": old is not None,
-            "since": previous,
-            "done": False,
-        }
-        put_json(store, finalize_journal_key(source), journal)
-    if new is not published:
-        manifest.write_table(store, manifest.source_key(source), new)
-    _remove_stale(store, sorted(stale))
+    by_file: dict = {}
+    if plan.get("unchanged") and not redo and recorded.get("counts") is not None:
+        # Nothing to merge (this task's plan found the source unchanged) and the last finalize completed: the
+        # manifest stays as it is, and its counts are the state's, which that finalize wrote after publishing it.
+        counts, change, made_here = recorded["counts"], manifest.Diff.none(), False
+    else:
+        counts, change, made_here, by_file, journal = _publish(
+            run, source, extracted, journal, redo, previous
+        )
 
-    records = {f.name: read_json(store, file_state_key(source, f.name)) for f in files}
+    read = plan.get("file_states") or {}  # the file states this task's plan read; the others are read here
+    records = {
+        f.name: read[f.name] if f.name in read else read_json(store, file_state_key(source, f.name))
+        for f in files
+    }
     for name in extracted:
         rec = records[name] = records[name] or {}
         rec["extract"] = {
@@ -450,8 +431,14 @@ def finalize_source(run: Run, source: str) -> dict:
         }
         put_json(store, file_state_key(source, name), rec)
 
-    fetched = [read_json(store, o.key) for o in store.list(run.key(source, "fetched") + "/")]
-    counts = manifest.counts(new)
+    # A fetch writes the file state (naming its run) before this run's fetch record: a source whose file states name
+    # another run fetched nothing in this one, and its records need no listing.
+    fetched_here = any(((r or {}).get("fetch") or {}).get("run_id") == run.run_id for r in records.values())
+    fetched = (
+        [read_json(store, o.key) for o in store.list(run.key(source, "fetched") + "/")]
+        if fetched_here
+        else []
+    )
     usable = counts["ok"] + counts["normalized"]
     summary = {
         "source": source,
@@ -478,11 +465,10 @@ def finalize_source(run: Run, source: str) -> dict:
         "error": None,
         "run_id": run.run_id,
     }
-    put_json(store, run.key(source, "summary.json"), summary)
+    run.put_record(source, "summary.json", summary, persist=persist)
     state = {"source": source, "counts": counts, "files": records}
     # The state names the run that made the manifest as it is: a refresh that changed nothing (or a retry or a
     # cleared task of the same run) leaves it exactly as it was, so an unchanged refresh writes no state.
-    made_here = new is not published or bool(stale)
     if {k: recorded.get(k) for k in state} != state or made_here and recorded.get("run_id") != run.run_id:
         put_json(
             store, source_state_key(source), state | {"run_id": run.run_id, "updated": summary["finished"]}
@@ -503,6 +489,53 @@ def finalize_source(run: Run, source: str) -> dict:
             "expected_images",
         )
     } | change.as_dict()
+
+
+def _publish(
+    run: Run, source: str, extracted: list[str], journal: dict | None, redo: bool, previous: str | None
+) -> tuple[dict, manifest.Diff, bool, dict, dict | None]:
+    """Merge the shard manifests where this run extracted, publish the source's manifest under the journal and
+    remove what left it: (counts, diff, whether this run changed the manifest or its objects, merged rows by file,
+    the journal)."""
+    store, files = run.store, run.files(source)
+    published = manifest.read_table(store, manifest.source_key(source))
+    if redo:  # an earlier attempt got as far as the journal: do it again from the manifest it saved
+        old = manifest.read_table(store, finalize_old_key(source)) if journal["old"] else None
+        if not journal["done"]:
+            log.warning("%s: finishing the finalize of run %s that was cut off", source, journal["run_id"])
+    else:
+        old = published
+    by_file: dict = {}
+    if extracted or published is None or redo:
+        # One merged table per file (its parts read once), then the source's: the later file wins a path either way.
+        by_file = {
+            f.name: manifest.merge(
+                [manifest.read_table(store, o.key) for o in store.list(manifest.parts_prefix(source, f.name))]
+            )
+            for f in files
+        }
+        new = manifest.merge(list(by_file.values()))
+    else:
+        new = published
+    change = manifest.diff(old, new)
+    stale = set(manifest.stale_objects(source, old, new))
+    if redo and published is not None:  # what the cut-off attempt published may name more
+        stale |= set(manifest.stale_objects(source, published, new))
+    if not redo and (stale or new is not published):
+        if old is not None:
+            manifest.write_table(store, finalize_old_key(source), old)
+        journal = {
+            "source": source,
+            "run_id": run.run_id,
+            "old": old is not None,
+            "since": previous,
+            "done": False,
+        }
+        put_json(store, finalize_journal_key(source), journal)
+    if new is not published:
+        manifest.write_table(store, manifest.source_key(source), new)
+    _remove_stale(store, sorted(stale))
+    return manifest.counts(new), change, new is not published or bool(stale), by_file, journal
 
 
 def _by_file(files: list[RemoteFile], records: dict[str, dict | None], decisions: list[dict]) -> dict:

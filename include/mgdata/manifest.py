@@ -175,6 +175,11 @@ class Diff:
     def as_dict(self) -> dict:
         return {"added": self.added, "removed": self.removed, "changed": self.changed}
 
+    @classmethod
+    def none(cls) -> Diff:
+        """What `diff` says of a manifest and itself."""
+        return cls(0, 0, 0, {"added": [], "removed": [], "changed": []})
+
 
 def _first_sorted(paths: pa.Array | pa.ChunkedArray) -> list[str]:
     return pc.take(paths, pc.sort_indices(paths)[:DIFF_LISTED]).to_pylist() if len(paths) else []

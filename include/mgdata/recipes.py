@@ -283,14 +283,21 @@ STAGE_FIELDS = (
 
 
 def check_in_store(
-    store, recipe: Recipe, catalog: Catalog, *, sources: dict[str, dict] | None = None, in_store=None
+    store,
+    recipe: Recipe,
+    catalog: Catalog,
+    *,
+    sources: dict[str, dict] | None = None,
+    in_store=None,
+    stored=None,
 ) -> dict:
     """A recipe's ready-to-train verdict from the shared store: each stage's JSON (at its `store_key`) read through
     its contract, each image it names resolved, in our folder names, in the manifests of the recipe's sources.
 
     `sources`: the run's per-source {status, error}, so a missing folder says why its source has nothing.
     `in_store`: the status of a data/-relative path in the manifests already read (`store_resolver(...).in_store`,
-    one read of the manifests for every recipe); by default the recipe's sources' manifests are read here."""
+    one read of the manifests for every recipe); by default the recipe's sources' manifests are read here.
+    `stored`: an `annotations.StoredKeys` the caller shares between verdicts (one listing per JSON folder)."""
     from mgdata.annotations import Check, check_stored, store_resolver
     from mgdata.contracts import CONTRACTS
 
@@ -332,7 +339,7 @@ def check_in_store(
         key = store_key(recipe, t)
         where = f"from {t.url}" if t.url else f"from source {t.source}"
         absent = f"not in the store: put it at {key} ({where})"
-        check_stored(store, check, key, t.boxes, resolve, optional=t.optional, absent=absent)
+        check_stored(store, check, key, t.boxes, resolve, optional=t.optional, absent=absent, stored=stored)
         report = check.as_report(view, sources=sources)
         stage = {"stage": t.stage, "json": key, "contract": t.contract, "optional": t.optional}
         stage["pitfalls"] = {name: p["count"] for name, p in report["pitfalls"].items() if p["count"]}

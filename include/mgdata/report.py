@@ -83,9 +83,13 @@ def _tree_error(layout: dict | None, trees: dict, run: Run) -> tuple[str, str]:
     return f"{tree['root']} (recipe {name})", tree["error"]
 
 
-def assemble_run(run: Run, selected: list[str]) -> dict:
+def assemble_run(run: Run, selected: list[str], summaries: dict[str, dict] | None = None) -> dict:
+    """The run's report over the `selected` sources, and the trees. `summaries`: sources' summaries the caller
+    holds (the DAG's unchanged sources hand theirs on as their plan task's XCom); the others are read from the
+    store."""
     store = run.store
-    sources = {name: source_outcome(run, name) for name in selected}
+    summaries = summaries or {}
+    sources = {name: summaries.get(name) or source_outcome(run, name) for name in selected}
     quarantine: list[dict] = []
     usable_files = 0
     layout, layout_error = None, None
@@ -173,7 +177,7 @@ def assemble_run(run: Run, selected: list[str]) -> dict:
 
 def verify_run(run: Run) -> dict:
     """The ready-to-train check over the store's manifests (and the local tree), written into the run's report."""
-    from mgdata.annotations import check_store, store_resolver
+    from mgdata.annotations import StoredKeys, check_store, store_resolver
 
     key = f"runs/{run.run_id}/report.json"
     report = read_json(run.store, key)
@@ -184,9 +188,10 @@ def verify_run(run: Run) -> dict:
         name: {"status": o.get("status"), "error": o.get("error")} for name, o in report["sources"].items()
     }
     resolve = store_resolver(run.store, list(run.catalog.sources), layout_dir=layout_dir)
-    ready = check_store(run.store, run.catalog, sources=outcomes, resolve=resolve)
+    stored = StoredKeys(run.store)  # the JSONs of every verdict, one listing per folder
+    ready = check_store(run.store, run.catalog, sources=outcomes, resolve=resolve, stored=stored)
     report["ready_to_train"] = ready
-    report["recipes"] = recipe_verdicts(run, ready, outcomes, resolve.in_store)
+    report["recipes"] = recipe_verdicts(run, ready, outcomes, resolve.in_store, stored)
     put_json(run.store, key, report)
     run.store.put_bytes(f"runs/{run.run_id}/report.html", render_html(report).encode())
     keys = ("checked", "ready", "note", "samples", "text_only", "referenced", "present", "missing", "broken")
@@ -194,7 +199,7 @@ def verify_run(run: Run) -> dict:
     return {k: ready[k] for k in keys} | {"missing_by_prefix": ready["missing_by_prefix"]}
 
 
-def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store) -> dict:
+def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store, stored=None) -> dict:
     """Every shipped recipe's verdict from the same store: the default recipe's is the run's `ready_to_train`;
     the others read their JSONs where the store holds them. `served`: every source the recipe needs was in this run.
     A recipe that cannot be checked (a source the run's catalog lacks, an unreadable JSON) says why; the run goes on.
@@ -221,7 +226,9 @@ def recipe_verdicts(run: Run, ready: dict, outcomes: dict[str, dict], in_store) 
             }
         else:
             try:
-                verdict = check_in_store(run.store, recipe, run.catalog, sources=outcomes, in_store=in_store)
+                verdict = check_in_store(
+                    run.store, recipe, run.catalog, sources=outcomes, in_store=in_store, stored=stored
+                )
             except (AnnotationError, StoreError) as e:
                 verdict |= {"ready": False, "note": f"not checked: {e}"}
         verdicts[name] = {"title": recipe.title, "trainer": recipe.trainer, "served": served} | verdict

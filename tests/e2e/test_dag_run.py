@@ -292,6 +292,9 @@ def test_local_store_run_then_unchanged_refresh(mirror, airflow_home, tmp_path):
         assert s["diff_paths"] == {"added": [], "removed": [], "changed": []}
         assert s["diff_since"] == report["run_id"], name
     assert again["sources"]["docvqa"]["status"] == "ok"
+    # An unchanged source writes no record: its summary reaches the report as its plan task's XCom
+    recorded = {o.key.split("/")[3] for o in store.list(f"runs/{again['run_id']}/sources/")}
+    assert recorded == {"docvqa", "ocr_vqa"}, recorded
     assert again["ready_to_train"]["ready"], again["ready_to_train"]["note"]
     assert again["ready_to_train"]["note"].startswith("ready to train")
     assert assert_outputs_match_schemas(store) == 2

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from urllib.parse import unquote, urlsplit
 
 from mgdata import manifest
-from mgdata.ingest import Run, extract_shard, fetch_file, finalize_source, plan_shards, plan_source
+from mgdata.ingest import (
+    Run,
+    extract_shard,
+    fetch_file,
+    finalize_source,
+    plan_shards,
+    plan_source,
+    unchanged,
+)
 from mgdata.report import assemble_run, verify_run
 from mgdata.settings import Settings
-from mgdata.storage import LocalStore
+from mgdata.storage import LocalStore, S3Store, s3_client
 
 SOURCE = "ai2d"
 
@@ -124,3 +134,63 @@ def test_an_unchanged_refresh_writes_no_state_and_a_forced_one_does(mirror, tmp_
 
     whole_run(Run(settings, "run4", force=True))
     assert json.loads(store.read_bytes(f"state/{SOURCE}.json"))["run_id"] == "run4"
+
+
+def test_an_unchanged_source_costs_its_plan_task_no_manifest_read_and_one_read_per_state(
+    mirror, moto_endpoint
+):
+    """The plan task of an unchanged source finalizes it from the state: no manifest read (its counts are the
+    state's), each file state read once; the verdict lists the skip records of every source at once. Counted at
+    the S3 client (every request botocore sends)."""
+    _, catalog, _ = mirror
+    client = s3_client(endpoint_url=moto_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                       region_name="us-east-1")  # fmt: skip
+    bucket = f"refresh-{os.urandom(4).hex()}"
+    client.create_bucket(Bucket=bucket)
+    store = S3Store(bucket, "p", client)
+    settings = Settings(storage=store.url, catalog=catalog)
+    first = Run(settings, "run1", _store=store)
+    for f in plan_source(first, SOURCE):
+        fetch_file(first, SOURCE, f["file"])
+    for shard in plan_shards(first, SOURCE):
+        extract_shard(first, SOURCE, shard)
+    finalize_source(first, SOURCE)
+
+    sent: list[tuple[str, str]] = []
+
+    def record(request, **_):
+        url, inside = urlsplit(request.url), f"/{bucket}/p/"
+        path = unquote(url.path)  # an object's key under the store, else "?" and the bucket request's query
+        sent.append(
+            (request.method, path[len(inside) :] if path.startswith(inside) else "?" + unquote(url.query))
+        )
+
+    client.meta.events.register("before-send.s3", record)
+    again = Run(settings, "run2", _store=store)
+    assert plan_source(again, SOURCE) == [] and unchanged(again, SOURCE)
+    summary = finalize_source(again, SOURCE)
+
+    reads = [key for method, key in sent if method in ("GET", "HEAD")]
+    assert f"manifests/{SOURCE}.parquet" not in [k for m, k in sent if m == "GET"], sent
+    file_states = [k for k in reads if k.startswith(f"state/{SOURCE}/files/")]
+    assert file_states and len(file_states) == len(set(file_states)), file_states
+    counts = manifest.counts(manifest.read_table(store, manifest.source_key(SOURCE)))
+    assert (summary["images_ok"], summary["images_invalid"]) == (counts["ok"], counts["invalid"])
+    assert summary["added"] == summary["removed"] == summary["changed"] == 0
+    # the summary is the one finalize writes when it reads the manifest and the states itself
+    full = Run(settings, "run2", _store=store)
+    plan_source(full, SOURCE)
+    full.put_record(SOURCE, "plan.json", {k: v for k, v in full.record(SOURCE, "plan.json").items()
+                                          if k not in ("unchanged", "file_states")}, persist=False)  # fmt: skip
+    finalize_source(full, SOURCE)
+    timings = ("started", "finished")
+    assert {k: v for k, v in again.record(SOURCE, "summary.json").items() if k not in timings} == {
+        k: v for k, v in full.record(SOURCE, "summary.json").items() if k not in timings
+    }
+
+    sent.clear()
+    assemble_run(again, [SOURCE])
+    verify_run(again)
+    lists = [k for m, k in sent if m == "GET" and k.startswith("?")]
+    skip_listings = [q for q in lists if "prefix=p/state/" in q]
+    assert len(skip_listings) == 1 and "skipped" not in skip_listings[0], lists

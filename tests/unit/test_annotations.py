@@ -13,9 +13,16 @@ import pytest
 from PIL import Image
 
 from mgdata import manifest
-from mgdata.annotations import AnnotationError, Check, check_store, folder_resolver, store_resolver
+from mgdata.annotations import (
+    AnnotationError,
+    Check,
+    StoredKeys,
+    check_store,
+    folder_resolver,
+    store_resolver,
+)
 from mgdata.catalog import SHIPPED_CATALOG, load_catalog, parse_catalog
-from mgdata.storage import open_store
+from mgdata.storage import LocalStore, open_store
 
 
 def jpeg() -> bytes:
@@ -440,3 +447,47 @@ def test_a_catalog_naming_an_unknown_contract_is_refused():
     raw["training"] = [{"json": "annotations/x.json", "contract": "qwen-vl"}]
     with pytest.raises(Exception, match="qwen-vl"):
         parse_catalog(raw)
+
+
+def test_stored_keys_lists_each_folder_once_and_asks_key_by_key_past_a_page(tmp_path):
+    calls: list[tuple[str, str]] = []
+
+    class Counting(LocalStore):
+        listing = False  # a local listing stats its files: those are not the caller's requests
+
+        def list(self, prefix):
+            calls.append(("list", prefix))
+            self.listing = True
+            try:
+                return iter([*super().list(prefix)])
+            finally:
+                self.listing = False
+
+        def stat(self, key):
+            if not self.listing:
+                calls.append(("stat", key))
+            return super().stat(key)
+
+    store = Counting(tmp_path / "s")
+    for key in (
+        "annotations/a.json",
+        "annotations/b.json",
+        "big/1.json",
+        "big/2.json",
+        "big/3.json",
+        "top.json",
+    ):
+        store.put_bytes(key, b"[]")
+    calls.clear()
+    stored = StoredKeys(store)
+    stored.PAGE = 2  # "big/" holds more than a page
+    assert "annotations/a.json" in stored and "annotations/b.json" in stored
+    assert "annotations/c.json" not in stored
+    assert calls == [("list", "annotations/")]
+    assert "big/3.json" in stored and "big/4.json" not in stored and "top.json" in stored
+    assert calls[1:] == [
+        ("list", "big/"),
+        ("stat", "big/3.json"),
+        ("stat", "big/4.json"),
+        ("stat", "top.json"),
+    ]
