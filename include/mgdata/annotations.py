@@ -664,8 +664,11 @@ def _open_as_trainer(path: str | os.PathLike) -> tuple[str | None, str | None]:
     return None, fmt
 
 
-def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike | None = None) -> Resolver:
-    """Status of an image from the sources' latest manifests (and the local tree when there is one)."""
+def store_resolver(
+    store, sources: list[str], *, layout_dir: str | os.PathLike | None = None, manifests=None
+) -> Resolver:
+    """Status of an image from the sources' latest manifests (and the local tree when there is one). `manifests`:
+    a `manifest.SourceManifests` to read them through (local copies); by default each is read from the store."""
     import pyarrow.compute as pc
 
     from mgdata import manifest
@@ -679,7 +682,10 @@ def store_resolver(store, sources: list[str], *, layout_dir: str | os.PathLike |
     skip_records = read_skipped(store, sources)
     for source in sources:
         columns = ["path", "status", "format", "error"]
-        table = manifest.read_table(store, manifest.source_key(source), columns=columns)
+        if manifests is not None:
+            table = manifests.read(source, columns)
+        else:
+            table = manifest.read_table(store, manifest.source_key(source), columns=columns)
         if table is not None:
             usable.update(manifest.usable(table)["path"].to_pylist())
             # `missing` rows (dead URLs) have no file at all: missing, not broken

@@ -7,8 +7,12 @@ merged manifest is what a run changed. Columns are a contract (DESIGN §4); `COL
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,6 +131,53 @@ def read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.T
         return None
     with store.open_seekable(key, info) as f:
         return pq.read_table(f, schema=SCHEMA, columns=columns)
+
+
+class SourceManifests:
+    """The sources' manifests as assemble and verify read them, each task every source's once.
+
+    On a remote store with a folder for local copies (`Settings.manifest_copies`), one listing of `manifests/` gives
+    every manifest's ETag (a source it does not name has none): the task reads the manifests as listed. A version
+    read before comes from its copy. Any other is read with one GET of that exact version (`Store.read_version`),
+    and its copy is kept for the next task; one replaced since the listing is read as it is now, and not kept. A
+    copy holds the bytes its ETag names, so a read from it equals a read of that version from the store. Without the folder, or on a
+    local store, each manifest is read from the store (a local one in place)."""
+
+    def __init__(self, store: Store, copies: Path | None):
+        self.store = store
+        self.copies = copies if copies is not None and store.local_path(source_key("_")) is None else None
+        self._listed: dict[str, str | None] | None = None
+
+    def read(self, source: str, columns: list[str] | None = None) -> pa.Table | None:
+        key = source_key(source)
+        if self.copies is None:
+            return read_table(self.store, key, columns)
+        if self._listed is None:
+            self._listed = {o.key: o.etag for o in self.store.list("manifests/") if o.key.count("/") == 1}
+        if key not in self._listed:
+            return None
+        etag = self._listed[key]
+        if not etag:
+            return read_table(self.store, key, columns)
+        name = f"{source}.{hashlib.sha256(etag.encode()).hexdigest()[:20]}.parquet"
+        if (self.copies / name).is_file():
+            return pq.read_table(self.copies / name, schema=SCHEMA, columns=columns)
+        data = self.store.read_version(key, etag)
+        if data is None:  # replaced (or removed) since the listing
+            return read_table(self.store, key, columns)
+        self._keep(source, name, data)
+        return pq.read_table(pa.BufferReader(data), schema=SCHEMA, columns=columns)
+
+    def _keep(self, source: str, name: str, data: bytes) -> None:
+        """The copy, published by a rename (a task killed meanwhile leaves a temp file, never half a copy); the
+        source's older copies go."""
+        self.copies.mkdir(parents=True, exist_ok=True)
+        tmp = self.copies / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.copies / name)
+        for old in self.copies.glob(f"{source}.*.parquet"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
 
 def usable(table: pa.Table) -> pa.Table:

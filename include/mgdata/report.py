@@ -95,10 +95,11 @@ def assemble_run(run: Run, selected: list[str], summaries: dict[str, dict] | Non
     layout, layout_error = None, None
     if run.settings.layout_dir:
         layout = {"root": str(run.settings.layout_dir), "files": 0}
+    manifests = manifest.SourceManifests(store, run.settings.manifest_copies())
     for name, outcome in sources.items():
         if outcome["status"] != "ok":
             continue
-        table = manifest.read_table(store, manifest.source_key(name))
+        table = manifests.read(name)
         if table is not None:
             counts = manifest.counts(table)
             usable_files += sum(counts[status] for status in manifest.USABLE)
@@ -187,7 +188,8 @@ def verify_run(run: Run) -> dict:
     outcomes = {
         name: {"status": o.get("status"), "error": o.get("error")} for name, o in report["sources"].items()
     }
-    resolve = store_resolver(run.store, list(run.catalog.sources), layout_dir=layout_dir)
+    manifests = manifest.SourceManifests(run.store, run.settings.manifest_copies())
+    resolve = store_resolver(run.store, list(run.catalog.sources), layout_dir=layout_dir, manifests=manifests)
     stored = StoredKeys(run.store)  # the JSONs of every verdict, one listing per folder
     ready = check_store(run.store, run.catalog, sources=outcomes, resolve=resolve, stored=stored)
     report["ready_to_train"] = ready

@@ -195,6 +195,13 @@ class Settings:
             return Path(self.layout_dir).resolve().parent / "recipes" / name
         return None
 
+    def manifest_copies(self) -> Path | None:
+        """Where assemble and verify keep local copies of the manifests of a remote store, named by their ETag:
+        `.mgdata/manifests/` beside the layout dir (on the volume every worker mounts); None without a layout dir."""
+        if self.layout_dir:
+            return Path(self.layout_dir).resolve().parent / ".mgdata" / "manifests"
+        return None
+
     def __post_init__(self) -> None:
         if self.ocr_vqa_images not in ("urls", "mirror"):
             raise ValueError(f"ocr_vqa_images must be 'urls' or 'mirror' (got {self.ocr_vqa_images!r})")

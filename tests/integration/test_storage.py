@@ -175,3 +175,56 @@ def test_bookkeeping_reads_cost_one_request_each_on_s3(moto_endpoint):
     assert manifest.read_table(store, "manifests/x.parquet", columns=["path"]).num_rows == 3000
     assert manifest.read_table(store, "manifests/none.parquet") is None
     assert sent == ["GET"] * 4
+
+
+def test_source_manifests_read_each_version_once_into_local_copies(moto_endpoint, tmp_path):
+    """Assemble and verify read every manifest through local copies named by ETag: one listing per task, a GET only
+    for a version not read before; a version replaced after the listing and not copied is read as it is now."""
+    import pyarrow as pa
+
+    from mgdata import manifest
+
+    def table(n: int, salt: str) -> pa.Table:
+        rows = [{"path": f"x/{salt}{i}.jpg", "bytes": i, "status": "ok", "origin": "a.zip", "run_id": "r"}
+                for i in range(n)]  # fmt: skip
+        return pa.Table.from_pylist(rows, schema=manifest.SCHEMA)
+
+    store = new_s3_store(moto_endpoint)
+    manifest.write_table(store, manifest.source_key("a"), table(50, "a"))
+    manifest.write_table(store, manifest.source_key("b"), table(20, "b"))
+    manifest.write_table(store, "manifests/parts/a/f.zip/0.parquet", table(5, "p"))
+    sent: list[str] = []
+    store.client.meta.events.register(
+        "before-send.s3",
+        lambda request, **_: sent.append("LIST" if "list-type" in request.url else request.method),
+    )
+    copies = tmp_path / "copies"
+
+    first = manifest.SourceManifests(store, copies)
+    assert first.read("a").equals(table(50, "a")) and first.read("b", ["path"]).num_rows == 20
+    assert first.read("none") is None
+    assert sent == ["LIST", "GET", "GET"]
+    sent.clear()
+    again = manifest.SourceManifests(store, copies)  # the next task: nothing read again
+    assert again.read("a").equals(table(50, "a")) and again.read("b").equals(table(20, "b"))
+    assert sent == ["LIST"]
+
+    manifest.write_table(store, manifest.source_key("a"), table(60, "a"))  # a finalize republishes it
+    sent.clear()
+    assert manifest.SourceManifests(store, copies).read("a").equals(table(60, "a"))
+    assert sent == ["LIST", "GET"] and len(list(copies.glob("a.*.parquet"))) == 1
+
+    fresh = tmp_path / "fresh"  # no copy of the listed version
+    listed = manifest.SourceManifests(store, fresh)
+    listed.read("b")  # the listing is taken here
+    manifest.write_table(store, manifest.source_key("a"), table(70, "a"))
+    assert listed.read("a").equals(table(70, "a"))  # the listed version is gone: read as it is now, not kept
+    assert not list(fresh.glob("a.*")) and not list(fresh.glob(".*.tmp"))
+    assert manifest.SourceManifests(store, copies).read("a").equals(table(70, "a"))
+
+    local = LocalStore(tmp_path / "local")  # a local store is read in place, no copies
+    manifest.write_table(local, manifest.source_key("a"), table(3, "l"))
+    assert (
+        manifest.SourceManifests(local, copies).read("a").num_rows == 3
+        and local.read_version(manifest.source_key("a"), "no-such-etag") is None
+    )

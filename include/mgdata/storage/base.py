@@ -102,6 +102,12 @@ class Store(ABC):
             return None
         return self.read_bytes(key)
 
+    def read_version(self, key: str, etag: str) -> bytes | None:
+        """The whole object if it is still the version a listing gave this ETag, else None (replaced or gone since).
+        Remote backends ask with one conditional GET."""
+        info = self.stat(key)
+        return self.read_bytes(key) if info is not None and info.etag == etag else None
+
     @abstractmethod
     def new_writer(self, key: str, *, durable: bool = True) -> ObjectWriter:
         """`durable=False`: the object is published as atomically, but may be lost in a power cut until `sync()`."""

@@ -105,6 +105,24 @@ class S3Store(Store):
         except BotoCoreError as e:
             raise StoreError(f"GetObject {self.describe(key)} failed: {e}") from e
 
+    def read_version(self, key: str, etag: str) -> bytes | None:
+        try:
+            body = self._get_range(key, 0, None, if_match=etag)
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except StoreError as e:
+            if client_error_code(e.__cause__) in (
+                "PreconditionFailed",
+                "412",
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            ):
+                return None
+            raise
+
     def _get_range(self, key: str, start: int, end: int | None, if_match: str | None = None) -> BinaryIO:
         """A GetObject of bytes [start, end); with `if_match`, only of the version whose ETag that is."""
         kwargs = {"Bucket": self.bucket, "Key": self.full_key(key)}
