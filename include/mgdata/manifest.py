@@ -7,8 +7,10 @@ merged manifest is what a run changed. Columns are a contract (DESIGN §4); `COL
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ COLUMNS: dict[str, str] = {
     "origin": "where the bytes came from: `raw/<source>/<file>!<member>` or the URL (without userinfo or query)",
     "run_id": "the Airflow run that produced the row",
 }
+log = logging.getLogger(__name__)
+
 SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -160,24 +164,37 @@ class SourceManifests:
         if not etag:
             return read_table(self.store, key, columns)
         name = f"{source}.{hashlib.sha256(etag.encode()).hexdigest()[:20]}.parquet"
-        if (self.copies / name).is_file():
-            return pq.read_table(self.copies / name, schema=SCHEMA, columns=columns)
+        copy = self.copies / name
+        if copy.is_file():
+            try:
+                return pq.read_table(copy, schema=SCHEMA, columns=columns)
+            except (
+                OSError,
+                pa.ArrowException,
+            ) as e:  # a damaged copy is dropped and read again from the store
+                log.warning("manifest copy %s unreadable (%s): reading %s", copy, e, self.store.describe(key))
+                copy.unlink(missing_ok=True)
         data = self.store.read_version(key, etag)
         if data is None:  # replaced (or removed) since the listing
             return read_table(self.store, key, columns)
-        self._keep(source, name, data)
+        self._keep(source, copy, data)
         return pq.read_table(pa.BufferReader(data), schema=SCHEMA, columns=columns)
 
-    def _keep(self, source: str, name: str, data: bytes) -> None:
+    def _keep(self, source: str, copy: Path, data: bytes) -> None:
         """The copy, published by a rename (a task killed meanwhile leaves a temp file, never half a copy); the
-        source's older copies go."""
-        self.copies.mkdir(parents=True, exist_ok=True)
-        tmp = self.copies / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.copies / name)
-        for old in self.copies.glob(f"{source}.*.parquet"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        source's older copies go. A folder that cannot take it costs the next task a GET, never this one's run."""
+        tmp = copy.with_name(f".{copy.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, copy)
+            for old in copy.parent.glob(f"{source}.*.parquet"):
+                if old != copy:
+                    old.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("manifest copy %s not kept: %s", copy, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def usable(table: pa.Table) -> pa.Table:

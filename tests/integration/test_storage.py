@@ -181,6 +181,7 @@ def test_source_manifests_read_each_version_once_into_local_copies(moto_endpoint
     """Assemble and verify read every manifest through local copies named by ETag: one listing per task, a GET only
     for a version not read before; a version replaced after the listing and not copied is read as it is now."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from mgdata import manifest
 
@@ -221,6 +222,13 @@ def test_source_manifests_read_each_version_once_into_local_copies(moto_endpoint
     assert listed.read("a").equals(table(70, "a"))  # the listed version is gone: read as it is now, not kept
     assert not list(fresh.glob("a.*")) and not list(fresh.glob(".*.tmp"))
     assert manifest.SourceManifests(store, copies).read("a").equals(table(70, "a"))
+
+    (damaged,) = copies.glob("a.*.parquet")
+    damaged.write_bytes(b"not parquet")  # a damaged copy: dropped, read again from the store, kept anew
+    assert manifest.SourceManifests(store, copies).read("a").equals(table(70, "a"))
+    assert pq.read_table(damaged).num_rows == 70
+    (tmp_path / "a-file").write_bytes(b"")  # a folder that cannot be made: the read goes on
+    assert manifest.SourceManifests(store, tmp_path / "a-file" / "copies").read("b").equals(table(20, "b"))
 
     local = LocalStore(tmp_path / "local")  # a local store is read in place, no copies
     manifest.write_table(local, manifest.source_key("a"), table(3, "l"))
