@@ -63,6 +63,7 @@ from offline_mirror import rehearsal  # noqa: E402
 from offline_mirror.build import load_replicas  # noqa: E402
 
 CHANGED = "ai2d"  # the source that changes upstream before the third run
+CHANGED_SEED = "changed-seed.txt"  # in the mirror: the seed of its last change
 PROBE = "probe.jsonl"
 STAGES = ("plan", "fetch", "shard", "extract", "finalize")
 
@@ -325,7 +326,15 @@ def change_source(mirror: Path, base_url: str, catalog: Path, seed: int) -> None
     from offline_mirror.media import write_text_atomic
 
     write_text_atomic(mirror / REPLICAS_JSON, json.dumps([asdict(r) for r in replicas], indent=1) + "\n")
+    write_text_atomic(mirror / CHANGED_SEED, f"{seed}\n")
     rehearsal.write_catalog(mirror, base_url, replicas, out=catalog)
+
+
+def last_change_seed(mirror: Path) -> int:
+    """The seed AI2D was last rebuilt with in this mirror (0: never). A rehearsal on a kept mirror starts from that
+    change, so its own change must use another seed, or AI2D would come out byte for byte as it already is."""
+    path = mirror / CHANGED_SEED
+    return int(path.read_text()) if path.is_file() else 0
 
 
 # --- the table ------------------------------------------------------------------------------------------------------
@@ -681,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, stack in enumerate(stacks):
             # a refreshes-only rehearsal changes AI2D again, so its seed must differ from every earlier one's; each
             # stack changes it anew (the second sees the first's change as its starting point)
-            seed = int(time.time()) if args.refreshes_only else 1 + i
+            seed = int(time.time()) if args.refreshes_only else last_change_seed(mirror) + 1 + i
             local_first = result["stacks"].get("local", {}).get("runs", {}).get("first", {}).get("seconds")
             r = result["stacks"][stack] = {}
             try:
