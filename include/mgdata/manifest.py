@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 
 from mgdata.storage import Store
 
+log = logging.getLogger(__name__)
+
 # jemalloc, returning freed pages at once: finalize's merge and diff of a 1.3M-row manifest peak several hundred MB
 # above what they keep, and mimalloc (pyarrow's default here) holds on to that high-water mark for the rest of the
 # task. Measured with bench/bookkeeping.py (docs/performance.md).
@@ -49,8 +51,6 @@ COLUMNS: dict[str, str] = {
     "origin": "where the bytes came from: `raw/<source>/<file>!<member>` or the URL (without userinfo or query)",
     "run_id": "the Airflow run that produced the row",
 }
-log = logging.getLogger(__name__)
-
 SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -144,8 +144,8 @@ class SourceManifests:
     every manifest's ETag (a source it does not name has none): the task reads the manifests as listed. A version
     read before comes from its copy. Any other is read with one GET of that exact version (`Store.read_version`),
     and its copy is kept for the next task; one replaced since the listing is read as it is now, and not kept. A
-    copy holds the bytes its ETag names, so a read from it equals a read of that version from the store. Without the folder, or on a
-    local store, each manifest is read from the store (a local one in place)."""
+    copy holds the bytes its ETag names, so a read from it equals a read of that version from the store. Without
+    the folder, or on a local store, each manifest is read from the store (a local one in place)."""
 
     def __init__(self, store: Store, copies: Path | None):
         self.store = store
@@ -168,10 +168,7 @@ class SourceManifests:
         if copy.is_file():
             try:
                 return pq.read_table(copy, schema=SCHEMA, columns=columns)
-            except (
-                OSError,
-                pa.ArrowException,
-            ) as e:  # a damaged copy is dropped and read again from the store
+            except (OSError, pa.ArrowException) as e:  # a damaged copy: dropped, read again from the store
                 log.warning("manifest copy %s unreadable (%s): reading %s", copy, e, self.store.describe(key))
                 copy.unlink(missing_ok=True)
         data = self.store.read_version(key, etag)
