@@ -107,10 +107,15 @@ def test_refuse_takes_the_endpoint_away_then_serves_on_the_same_port(proxied):
     )
     outage = threading.Thread(target=counter.refuse, args=(3.0,))
     outage.start()
-    time.sleep(0.3)
     host, port = endpoint.removeprefix("http://").split(":")
-    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
-        pass
+    refused, deadline = False, time.monotonic() + 2.0  # the listener closes once its serve loop has stopped
+    while not refused and time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+    assert refused, "new connections were still accepted 2 s into the outage"
     with pytest.raises(Exception, match="(?i)connect"):
         impatient.get_object(Bucket=BUCKET, Key="data/up.txt")
     before = counter.snapshot()
