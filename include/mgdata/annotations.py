@@ -679,13 +679,11 @@ def store_resolver(
     skipped: dict[str, str] = {}
     skipped_members: dict[str, dict] = {}  # per source: reason -> {count, first}
     said: dict[str, pitfalls.Why] = {}  # the few paths a named check names: dead URLs, misnamed formats
+    manifests = manifests or manifest.SourceManifests(store, None)  # no copies: each read from the store
     skip_records = read_skipped(store, sources)
     for source in sources:
         columns = ["path", "status", "format", "error"]
-        if manifests is not None:
-            table = manifests.read(source, columns)
-        else:
-            table = manifest.read_table(store, manifest.source_key(source), columns=columns)
+        table = manifests.read(source, columns)
         if table is not None:
             usable.update(manifest.usable(table)["path"].to_pylist())
             # `missing` rows (dead URLs) have no file at all: missing, not broken
