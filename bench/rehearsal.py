@@ -392,6 +392,12 @@ def stack_lines(r: dict) -> list[str]:
                 f"1,000 images; {verbs}; written {c['bytes_written']:,} B, read {c['bytes_read']:,} B; "
                 f"bucket-wide lists {c['bucket_wide_lists']}; data/ prefixes written {c['data_prefixes_written'] or 'none'}"
             )
+            cpu = c["store_cpu_seconds"]
+            lines.append(
+                f"  the store's own CPU on this machine: moto_server {cpu['moto_server']} s, proxy {cpu['proxy']} s "
+                f"({c['store_cpu_ms_per_request']} ms per request), {c['store_share_of_machine_cpu'] * 100:.0f} % of "
+                "the machine's CPU over the run"
+            )
         if run.get("workers"):
             lines.append(f"  per worker: {run['workers']}")
     for name, v in r.get("verify", {}).items():
@@ -437,6 +443,8 @@ def side_by_side(stacks: dict) -> str:
             lambda r, run=run: f"{r['runs'][run]['s3']['requests']:,} ({r['runs'][run]['s3']['per_image']:.3f})")  # fmt: skip
         row(f"{run}: S3 PUT / GET / HEAD / LIST",
             lambda r, run=run: " / ".join(str(r["runs"][run]["s3"]["verbs"].get(v, 0)) for v in ("PUT", "GET", "HEAD", "LIST")))  # fmt: skip
+        row(f"{run}: store CPU s (share of machine)",
+            lambda r, run=run: f"{sum(r['runs'][run]['s3']['store_cpu_seconds'].values()):.0f} ({r['runs'][run]['s3']['store_share_of_machine_cpu'] * 100:.0f} %)")  # fmt: skip
     row(
         "first: peak RSS, extract",
         lambda r: f"{r['runs']['first']['measure']['stages']['extract']['peak_rss_mb']} MB",
@@ -555,6 +563,10 @@ def run_stack(
             run["measure"] = measure_run(d, run_id, probe, store)
             if phases:
                 run["s3"] = cluster.counts_json(phases[label], images)
+                store_cpu = sum(run["s3"]["store_cpu_seconds"].values())
+                run["s3"]["store_share_of_machine_cpu"] = round(
+                    store_cpu / ((os.cpu_count() or 1) * seconds), 3
+                )
                 run["workers"] = cluster.per_worker(d, run_id, probe)
             if report:
                 run["bytes_fetched"] = report["totals"]["bytes_fetched"]

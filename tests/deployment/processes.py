@@ -147,6 +147,15 @@ def _celery_ready(log: Path, name: str) -> bool:
     return re.search(rf"\b{re.escape(name)}@\S+ ready\.", log.read_text(errors="replace")) is not None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` so far (not its children's); None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -389,12 +398,10 @@ class Deployment:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time of each component's own process (not its children: those are the task processes)."""
-        tick = os.sysconf("SC_CLK_TCK")
         out = {}
         for c in self.components:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{c.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[c.name] = round((int(fields[11]) + int(fields[12])) / tick, 1)
+            if (seconds := process_cpu_seconds(c.popen.pid)) is not None:
+                out[c.name] = round(seconds, 1)
         return out
 
     def peak_rss_mb(self) -> dict[str, int]:

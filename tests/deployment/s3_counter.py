@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from processes import process_cpu_seconds
+
 # The verbs, in table order. MPU_*: the multipart calls (Create `POST ?uploads`, UploadPart `PUT ?partNumber&uploadId`,
 # Complete `POST ?uploadId`, Abort `DELETE ?uploadId`). LIST: ListObjects(V2) and ListMultipartUploads on a bucket.
 VERBS = (
@@ -84,6 +86,10 @@ class Counts:
     # layout prefix a phase touched
     prefixes: Counter = field(default_factory=Counter)
     refused: int = 0  # requests closed unanswered while the endpoint was down (`S3Counter.refuse`)
+    # CPU seconds the store itself cost on this machine: the S3 server's process (when the counter knows its pid)
+    # and the proxy's request threads. A real S3 endpoint costs the machine neither.
+    server_cpu: float = 0.0
+    proxy_cpu: float = 0.0
 
     def __sub__(self, earlier: Counts) -> Counts:
         return Counts(
@@ -92,6 +98,8 @@ class Counts:
             self.bytes_out - earlier.bytes_out,
             self.prefixes - earlier.prefixes,
             self.refused - earlier.refused,
+            self.server_cpu - earlier.server_cpu,
+            self.proxy_cpu - earlier.proxy_cpu,
         )
 
     @property
@@ -122,8 +130,10 @@ class Counts:
 class S3Counter:
     """A counting reverse proxy on 127.0.0.1 in front of the S3 endpoint `upstream` (http://host:port)."""
 
-    def __init__(self, upstream: str, *, area_prefix: str = "/"):
+    def __init__(self, upstream: str, *, area_prefix: str = "/", server_pid: int | None = None):
         self.upstream = urlsplit(upstream).netloc
+        self.server_pid = server_pid  # the S3 server's process, whose CPU time each snapshot reads
+        self._proxy_cpu = 0.0
         self.area_prefix = (
             area_prefix  # e.g. "/bucket/store/": writes are counted per next segment ("data", ...)
         )
@@ -182,8 +192,21 @@ class S3Counter:
         return True
 
     def snapshot(self) -> Counts:
+        server_cpu = (process_cpu_seconds(self.server_pid) or 0.0) if self.server_pid else 0.0
         with self._lock:
-            return Counts(Counter(self._areas), *self._bytes, Counter(self._prefixes), self._refused)
+            return Counts(
+                Counter(self._areas),
+                *self._bytes,
+                Counter(self._prefixes),
+                self._refused,
+                server_cpu,
+                self._proxy_cpu,
+            )
+
+    def spent(self, cpu_seconds: float) -> None:
+        """CPU time one request cost the proxy's thread that forwarded it."""
+        with self._lock:
+            self._proxy_cpu += cpu_seconds
 
     def record(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
         key = self.key(path, parse_qs(query).get("prefix", [""])[0])
@@ -219,6 +242,9 @@ class S3Counter:
             def refused(self) -> bool:
                 return counter.refused_connection()
 
+            def spent(self, cpu_seconds: float) -> None:
+                counter.spent(cpu_seconds)
+
             def connection_to_upstream(self) -> http.client.HTTPConnection:
                 return http.client.HTTPConnection(counter.upstream, timeout=120)
 
@@ -227,6 +253,9 @@ class S3Counter:
 
 class _ForwardingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
+    # An answer goes out as two writes (headers, then body): with Nagle's algorithm the body would wait for the
+    # client's delayed ACK of the headers, up to 40 ms per answer with a body (every GET), which S3 does not cost.
+    disable_nagle_algorithm = True
 
     def forwarded(self, verb: str, path: str, query: str, bytes_in: int, bytes_out: int) -> None:
         raise NotImplementedError
@@ -236,6 +265,9 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 
     def refused(self) -> bool:
         return False
+
+    def spent(self, cpu_seconds: float) -> None:
+        pass
 
     def finish(self) -> None:
         super().finish()
@@ -251,6 +283,13 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
 
     def _forward(self) -> None:
+        started = time.thread_time()
+        try:
+            self._forward_one()
+        finally:
+            self.spent(time.thread_time() - started)
+
+    def _forward_one(self) -> None:
         if self.refused():  # the endpoint is down: close without an answer, as a dying server does
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -327,11 +366,15 @@ class Phases:
         used = [v for v in VERBS if any(c.verbs[v] for c in self.counts.values())]
         lines = [f"S3 requests per image ({images} image members), counted at the server side"]
         head = f"{'phase':24}" + "".join(f"{v:>8}" for v in used)
-        lines.append(head + f"{'all':>8}{'requests':>10}{'MB in':>8}{'MB out':>8}")
+        lines.append(
+            head
+            + f"{'all':>8}{'requests':>10}{'MB in':>8}{'MB out':>8}{'server CPU s':>14}{'proxy CPU s':>13}"
+        )
         for name, c in self.counts.items():
             per_image = "".join(f"{c.verbs[v] / images:8.3f}" for v in used) + f"{c.requests / images:8.3f}"
             lines.append(
                 f"{name:24}{per_image}{c.requests:10}{c.bytes_in / 1e6:8.2f}{c.bytes_out / 1e6:8.2f}"
+                f"{c.server_cpu:14.1f}{c.proxy_cpu:13.1f}"
             )
         return "\n".join(lines)
 

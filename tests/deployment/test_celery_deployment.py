@@ -78,7 +78,7 @@ def s3():
     port = free_port()
     server = moto_server(port)
     direct = f"http://127.0.0.1:{port}"
-    counter = S3Counter(direct, area_prefix=f"/{BUCKET}/{STORE_PREFIX}/").start()
+    counter = S3Counter(direct, area_prefix=f"/{BUCKET}/{STORE_PREFIX}/", server_pid=server.pid).start()
     client = s3_client(
         endpoint_url=direct,
         aws_access_key_id=S3_LOGIN,

@@ -16,7 +16,7 @@ BUCKET = "counted"
 def proxied():
     port = free_port()
     server = moto_server(port)
-    counter = S3Counter(f"http://127.0.0.1:{port}", area_prefix=f"/{BUCKET}/").start()
+    counter = S3Counter(f"http://127.0.0.1:{port}", area_prefix=f"/{BUCKET}/", server_pid=server.pid).start()
     client = s3_client(
         endpoint_url=counter.endpoint,
         aws_access_key_id="counter",
@@ -83,6 +83,22 @@ def test_the_store_reads_back_what_it_wrote_through_the_proxy(proxied):
     seen = counter.snapshot() - before
     assert seen.verbs["PUT"] == 1 and seen.bytes_in >= len(blob) and seen.bytes_out >= len(blob)
     assert store.read_bytes("data/blob.bin") == blob
+
+
+def test_counts_carry_what_the_store_cost_this_machine_in_cpu(proxied):
+    """The server process's CPU and the proxy's request threads' CPU between two snapshots: what a phase's requests
+    cost the machine's cores, which an S3 endpoint elsewhere would not."""
+    counter, client = proxied
+    before = counter.snapshot()
+    for i in range(60):
+        client.put_object(Bucket=BUCKET, Key=f"data/cpu/{i}.bin", Body=b"y" * 4096)
+        client.get_object(Bucket=BUCKET, Key=f"data/cpu/{i}.bin")["Body"].read()
+    seen = counter.snapshot() - before
+    assert seen.requests == 120
+    assert seen.server_cpu > 0  # moto_server's own process, read from /proc at each snapshot
+    assert seen.proxy_cpu > 0
+    idle = counter.snapshot() - counter.snapshot()
+    assert idle.proxy_cpu == 0 and idle.requests == 0
 
 
 def test_refuse_takes_the_endpoint_away_then_serves_on_the_same_port(proxied):
