@@ -177,10 +177,18 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
             )
             dead = {path for path, status in rows if status not in manifest.USABLE}
             items = [(i, u) for i, u in items if f"{f.target}/{i}.jpg" in dead]
+            previous = manifest.rows_of(table, [f"{f.target}/{i}.jpg" for i, _ in items])
         elif not run.force:
             items = _carry_over(store, source, f, items)
         chunks = url_shards(items, max_shards=d.max_shards)
         specs = [{"file": f.name, "archive": "urllist", "retry": retry_dead, "items": c} for c in chunks]
+        if (
+            retry_dead
+        ):  # each retry shard carries the rows it may replace: one that changes none writes nothing
+            for spec in specs:
+                spec["previous"] = {
+                    p: previous[p] for i, _ in spec["items"] if (p := f"{f.target}/{i}.jpg") in previous
+                }
         log.info(
             "%s/%s: %d URLs in %d shards%s", source, f.name, len(items), len(specs), " (retry)" * retry_dead
         )
@@ -322,6 +330,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
     origin = f"raw/{source}/{f.name}!"
     started = time.monotonic()
     rows: list[dict] = []
+    unchanged = False  # a URL-list retry whose rows all say what the published ones say
     budget = pixel_budget(decode_budget())
     return_large_buffers()
 
@@ -444,10 +453,18 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
             elif spec["archive"] == "urllist":  # URL-list shards fetch their images right here
                 from mgdata.fetch.urllist import ingest_urls
 
+                previous = spec.get("previous") or {}
                 rows += ingest_urls(
                     store, source, f.target, [tuple(i) for i in spec["items"]], run_id=run.run_id,
                     clear_quarantine=spec["retry"], log=log.info,
+                    quarantined={p: r["sha256"] for p, r in previous.items() if r["status"] == "invalid"},
                 )  # fmt: skip
+                if spec["retry"] and all(manifest.same_outcome(r, previous.get(r["path"])) for r in rows):
+                    # every dead URL came out as it was: the published rows stand, and no part shadows them
+                    log.info(
+                        "%s/%s shard %s: %d URLs retried, none changed", source, f.name, index, len(rows)
+                    )
+                    unchanged = True
             else:  # a plain file (an annotation JSON): copy it to its target key
                 with store.open_range(key) as src, store.writer(f.target) as out:
                     while chunk := src.read(4 * 1024 * 1024):
@@ -461,7 +478,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
     # One row per path, the last member's (rows are in archive order): a shadowed duplicate leaves no row.
     rows = list({r["path"]: r for r in rows}.values())
     rows.sort(key=lambda r: r["path"])
-    if rows:
+    if rows and not unchanged:
         store.sync()  # every image named by the part is on disk before the part is
         manifest.write_table(
             store, f"{manifest.parts_prefix(source, f.name)}{index}.parquet", manifest.to_table(rows)

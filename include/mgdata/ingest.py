@@ -106,7 +106,8 @@ def plan_source(run: Run, source: str) -> list[dict]:
         run.put_record(source, "plan.json", plan)  # read by the source's shard and finalize tasks
         if listed:
             run.put_record(source, "listing.json", run.record(source, "listing.json"))
-    else:  # unchanged: this task records the summary, which holds the plan; nothing else of the source runs
+    else:  # unchanged: this task finalizes the source from its state and hands on the summary (which holds the
+        # plan); nothing else of the source runs
         run.put_record(source, "plan.json", plan | {"unchanged": True, "file_states": states}, persist=False)
     return [{"file": d["file"]} for d in decisions if d["fetch"]]
 
@@ -420,7 +421,10 @@ def finalize_source(run: Run, source: str, persist: bool = True) -> dict:
         f.name: read[f.name] if f.name in read else read_json(store, file_state_key(source, f.name))
         for f in files
     }
+    retried = {d["file"] for d in plan["files"] if d.get("retry_dead")}
     for name in extracted:
+        if name in retried and not made_here:
+            continue  # a retry that changed no row: the file's record stays as its last extract left it
         rec = records[name] = records[name] or {}
         rec["extract"] = {
             "sha256": (rec.get("fetch") or {}).get("sha256"),
@@ -515,6 +519,8 @@ def _publish(
             for f in files
         }
         new = manifest.merge(list(by_file.values()))
+        if not redo and published is not None and new.equals(published):
+            new = published  # the parts say what is published (a retry of dead URLs that all stayed dead)
     else:
         new = published
     change = manifest.diff(old, new)

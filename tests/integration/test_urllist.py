@@ -185,6 +185,36 @@ def test_pipeline_then_a_refresh_retries_only_the_dead_urls_then_the_mirror_path
     assert "rows were dropped" in plan[1]["reason"]
 
 
+def test_a_refresh_whose_dead_urls_all_stay_dead_writes_nothing_but_its_own_records(host, tmp_path):
+    """Dead URLs are asked again on every refresh; when each comes out as its published row says (the same error,
+    the same broken bytes), no manifest part shadows those rows, nothing is quarantined again, and the manifest,
+    the state and the file state stay as they were: only the run's own plan, shard and summary records are new."""
+    server, _, catalog, covers = host
+    settings = Settings(storage=(tmp_path / "store").as_uri(), catalog=str(catalog))
+    root = tmp_path / "store"
+    first = ingest_source(Run(settings, "run1"), "ocr_vqa")
+
+    def kept() -> dict[str, tuple[int, int]]:  # everything but the records of a later run
+        return {
+            str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in root.rglob("*")
+            if p.is_file() and not {"run2"} & set(p.relative_to(root).parts)
+        }
+
+    before, asked_before = kept(), len(server.requests)
+    again = ingest_source(Run(settings, "run2"), "ocr_vqa")
+    asked = {p for _, p, _ in server.requests[asked_before:] if p.startswith(f"/{COVERS}/")}
+    dead_or_broken = sum(cover_outcome(c["behaviour"]) not in manifest.USABLE for c in covers.values())
+    assert len(asked) == dead_or_broken == 4  # the retry did happen
+    assert kept() == before  # ...and wrote nothing outside its own records
+    assert not [p for p in root.rglob("*") if "run2" in p.parts and "manifests" in p.parts]
+    for key in ("images_ok", "images_invalid", "images_normalized"):
+        assert again[key] == first[key]
+    assert again["added"] == again["removed"] == again["changed"] == 0
+    summary = json.loads((root / "runs/run2/sources/ocr_vqa/summary.json").read_text())
+    assert summary["by_file"]["dataset.json"]["run_id"] == "run1"  # the rows standing are the first run's
+
+
 def test_a_redirect_loop_stops_after_max_redirects(tmp_path):
     (tmp_path / "root").mkdir()
     hops = []

@@ -224,18 +224,22 @@ def ingest_urls(
     run_id: str,
     policy: FetchPolicy = FetchPolicy(),
     clear_quarantine: bool = False,
+    quarantined: dict[str, str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Fetch every (id, url), store `data/<target>/<id>.jpg` as a real JPEG, and return one manifest row per URL.
 
     `clear_quarantine`: a retry of dead URLs also removes a quarantined copy once the image arrives.
+    `quarantined`: path -> sha256 of the bytes already under `quarantine/` (the manifest's invalid rows); a retry
+    that gets the same bytes again does not write them again.
     """
     hosts = _Hosts(policy.per_host)
     client = _Client(max(policy.workers, policy.per_host), policy.max_redirects)
+    held = quarantined or {}
 
     def one(item: tuple[str, str]) -> dict:
         got = download(item, client, hosts, policy)
-        return _land(store, source, target, got, run_id=run_id, clear_quarantine=clear_quarantine)
+        return _land(store, source, target, got, run_id=run_id, clear_quarantine=clear_quarantine, held=held)
 
     rows: list[dict] = []
     pending: deque[Future] = deque()
@@ -257,7 +261,14 @@ def ingest_urls(
 
 
 def _land(
-    store: Store, source: str, target: str, got: Download, *, run_id: str, clear_quarantine: bool
+    store: Store,
+    source: str,
+    target: str,
+    got: Download,
+    *,
+    run_id: str,
+    clear_quarantine: bool,
+    held: dict[str, str],
 ) -> dict:
     path = f"{target}/{got.id}.jpg"
     row = {"path": path, "origin": got.url, "run_id": run_id, "format": None, "width": None, "height": None}
@@ -269,12 +280,15 @@ def _land(
         if clear_quarantine:
             store.delete(f"quarantine/{source}/{path}")
         out, error = check.data, check.error
+        digest = hashlib.sha256(out).hexdigest()
     else:
-        store.put_bytes(f"quarantine/{source}/{path}", got.data, durable=False)
         out, error = got.data, check.error
+        digest = hashlib.sha256(out).hexdigest()
+        if held.get(path) != digest:  # the same bytes are already quarantined: the manifest row says so
+            store.put_bytes(f"quarantine/{source}/{path}", got.data, durable=False)
     return row | {
         "bytes": len(out),
-        "sha256": hashlib.sha256(out).hexdigest(),
+        "sha256": digest,
         "format": check.format,
         "width": check.width,
         "height": check.height,
