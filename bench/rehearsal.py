@@ -25,9 +25,10 @@ or both.
    code and after it, from the task-instance records and a listener inside each task process, `rehearsal_probe`)
    against the time in our code, peak RSS per task kind, XCom sizes, report.json / report.html sizes; then the audit
    page's response times and, on the local stack, `python -m mgdata verify` time and peak RSS over both training
-   JSONs; on celery-s3 also S3 requests by verb per run (per image, per 1,000 images, bytes, prefixes touched), task
-   instances and peak RSS per worker, `python -m mgdata check` after the faulted run, and the layout from S3 against
-   `s5cmd cp` of the same objects;
+   JSONs; on celery-s3 also S3 requests by verb per run (per image, per 1,000 images, bytes, prefixes touched), the
+   CPU the store itself took (moto_server's process and the proxy's threads), task instances and peak RSS per
+   worker, `python -m mgdata check` after the faulted run, and the layout from S3 against `s5cmd cp` of the same
+   objects;
 6. prints a table (with both stacks, side by side) and writes everything to WORK/rehearsal.json. Exit status 0 when
    every first run succeeded, every count equals the mirror's (and the cluster's the local run's), the faults were
    injected and survived with the store's invariant intact, the unchanged refresh fetched nothing and the
