@@ -563,11 +563,7 @@ def run_stack(
             probe = read_probe(base)
             run["measure"] = measure_run(d, run_id, probe, store)
             if phases:
-                run["s3"] = cluster.counts_json(phases[label], images)
-                store_cpu = sum(run["s3"]["store_cpu_seconds"].values())
-                run["s3"]["store_share_of_machine_cpu"] = round(
-                    store_cpu / ((os.cpu_count() or 1) * seconds), 3
-                )
+                run["s3"] = cluster.counts_json(phases[label], images, seconds)
                 run["workers"] = cluster.per_worker(d, run_id, probe)
             if report:
                 run["bytes_fetched"] = report["totals"]["bytes_fetched"]

@@ -283,8 +283,9 @@ class Faults:
 # --- measuring ------------------------------------------------------------------------------------------------------
 
 
-def counts_json(c: Counts, images: int) -> dict:
-    """A phase's requests: by verb (absolute and per image), per 1,000 images, bytes, and what it touched."""
+def counts_json(c: Counts, images: int, seconds: float) -> dict:
+    """A phase of `seconds`: its requests by verb (absolute and per image), per 1,000 images, bytes, what it
+    touched, and the CPU the store took."""
     lists = {prefix or "(bucket)": n for (verb, prefix), n in sorted(c.prefixes.items()) if verb == "LIST"}
     return {
         "requests": c.requests,
@@ -312,6 +313,9 @@ def counts_json(c: Counts, images: int) -> dict:
         # what the store cost this machine's cores: a real S3 endpoint costs them neither
         "store_cpu_seconds": {"moto_server": round(c.server_cpu, 1), "proxy": round(c.proxy_cpu, 1)},
         "store_cpu_ms_per_request": round(1000 * (c.server_cpu + c.proxy_cpu) / max(c.requests, 1), 2),
+        "store_share_of_machine_cpu": round(
+            (c.server_cpu + c.proxy_cpu) / ((os.cpu_count() or 1) * seconds), 3
+        ),
     }
 
 

@@ -168,27 +168,19 @@ def shard_file(run: Run, source: str, f: RemoteFile, *, retry_dead: bool = False
             items = read_url_list(store.read_bytes(key), label=f"source {source!r}, file {f.name}")
         except ValueError as e:
             raise SourceFailed(str(e)) from e
+        dead: dict[str, dict] = {}
         if retry_dead:
-            table = manifest.read_table(store, manifest.source_key(source))
-            rows = (
-                zip(table["path"].to_pylist(), table["status"].to_pylist(), strict=True)
-                if table is not None
-                else []
-            )
-            dead = {path for path, status in rows if status not in manifest.USABLE}
+            dead = manifest.unusable_rows(manifest.read_table(store, manifest.source_key(source)))
             items = [(i, u) for i, u in items if f"{f.target}/{i}.jpg" in dead]
-            previous = manifest.rows_of(table, [f"{f.target}/{i}.jpg" for i, _ in items])
         elif not run.force:
             items = _carry_over(store, source, f, items)
-        chunks = url_shards(items, max_shards=d.max_shards)
-        specs = [{"file": f.name, "archive": "urllist", "retry": retry_dead, "items": c} for c in chunks]
-        if (
-            retry_dead
-        ):  # each retry shard carries the rows it may replace: one that changes none writes nothing
-            for spec in specs:
-                spec["previous"] = {
-                    p: previous[p] for i, _ in spec["items"] if (p := f"{f.target}/{i}.jpg") in previous
-                }
+        specs = [
+            {"file": f.name, "archive": "urllist", "retry": retry_dead, "items": c}
+            for c in url_shards(items, max_shards=d.max_shards)
+        ]
+        for spec in specs if retry_dead else ():
+            # the rows a retry shard may replace: one that changes none writes nothing
+            spec["previous"] = {p: dead[p] for i, _ in spec["items"] if (p := f"{f.target}/{i}.jpg") in dead}
         log.info(
             "%s/%s: %d URLs in %d shards%s", source, f.name, len(items), len(specs), " (retry)" * retry_dead
         )

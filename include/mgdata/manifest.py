@@ -203,16 +203,16 @@ def empty() -> pa.Table:
     return SCHEMA.empty_table()
 
 
-def rows_of(table: pa.Table | None, paths: list[str]) -> dict[str, dict]:
-    """The rows of `table` whose path is one of `paths`, by path, without the run that made them."""
-    if table is None or not paths:
+def unusable_rows(table: pa.Table | None) -> dict[str, dict]:
+    """The rows whose image cannot be trained on (missing or invalid), by path, without the run that made them."""
+    if table is None:
         return {}
-    found = table.filter(pc.is_in(table["path"], value_set=pa.array(paths, pa.string())))
+    found = table.filter(pc.invert(pc.is_in(table["status"], value_set=pa.array(list(USABLE)))))
     return {r["path"]: {k: v for k, v in r.items() if k != "run_id"} for r in found.to_pylist()}
 
 
 def same_outcome(row: dict, earlier: dict | None) -> bool:
-    """The row says what `earlier` (from `rows_of`) said: every column but the run that made it."""
+    """The row says what `earlier` (from `unusable_rows`) said: every column but the run that made it."""
     return earlier is not None and all(row.get(k) == v for k, v in earlier.items())
 
 

@@ -239,7 +239,9 @@ def ingest_urls(
 
     def one(item: tuple[str, str]) -> dict:
         got = download(item, client, hosts, policy)
-        return _land(store, source, target, got, run_id=run_id, clear_quarantine=clear_quarantine, held=held)
+        return _land(
+            store, source, target, got, run_id=run_id, clear_quarantine=clear_quarantine, quarantined=held
+        )
 
     rows: list[dict] = []
     pending: deque[Future] = deque()
@@ -268,24 +270,22 @@ def _land(
     *,
     run_id: str,
     clear_quarantine: bool,
-    held: dict[str, str],
+    quarantined: dict[str, str],
 ) -> dict:
     path = f"{target}/{got.id}.jpg"
     row = {"path": path, "origin": got.url, "run_id": run_id, "format": None, "width": None, "height": None}
     if got.data is None:
         return row | {"bytes": None, "sha256": None, "status": "missing", "error": got.error}
     check = check_image(got.data, path)
-    if check.status in manifest.USABLE:
-        store.put_bytes(f"data/{path}", check.data, durable=False)  # extract syncs before the manifest part
+    usable = check.status in manifest.USABLE
+    out = check.data if usable else got.data
+    digest = hashlib.sha256(out).hexdigest()
+    if usable:
+        store.put_bytes(f"data/{path}", out, durable=False)  # extract syncs before the manifest part
         if clear_quarantine:
             store.delete(f"quarantine/{source}/{path}")
-        out, error = check.data, check.error
-        digest = hashlib.sha256(out).hexdigest()
-    else:
-        out, error = got.data, check.error
-        digest = hashlib.sha256(out).hexdigest()
-        if held.get(path) != digest:  # the same bytes are already quarantined: the manifest row says so
-            store.put_bytes(f"quarantine/{source}/{path}", got.data, durable=False)
+    elif quarantined.get(path) != digest:  # else the manifest row says these bytes are quarantined already
+        store.put_bytes(f"quarantine/{source}/{path}", out, durable=False)
     return row | {
         "bytes": len(out),
         "sha256": digest,
@@ -293,5 +293,5 @@ def _land(
         "width": check.width,
         "height": check.height,
         "status": check.status,
-        "error": error,
+        "error": check.error,
     }
