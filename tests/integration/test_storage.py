@@ -10,14 +10,50 @@ import shutil
 
 import pytest
 
-from mgdata.storage import LocalStore, S3Store, StoreError, open_store, s3_client
+from mgdata.storage import LocalStore, S3Store, StoreError, UnstorableKey, open_store, s3_client
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "local-temp-names", "s3"])
 def store(request, tmp_path, moto_endpoint):
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
+    """Each backend; the local one both ways it writes bytes in hand (unnamed files where Linux makes them, named
+    temp files elsewhere)."""
+    if request.param.startswith("local"):
+        store = LocalStore(tmp_path / "store")
+        store.unnamed_files = request.param == "local" and store.unnamed_files
+        return store
     return new_s3_store(moto_endpoint)
+
+
+@pytest.fixture(params=["unnamed", "temp-names"])
+def local_store(request, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    if request.param == "unnamed":
+        assert store.unnamed_files, "this Linux machine makes unnamed files"
+    store.unnamed_files = request.param == "unnamed"
+    return store
+
+
+def test_bytes_replace_an_object_in_one_step_and_leave_no_temp_file(local_store):
+    local_store.put_bytes("data/a/x.jpg", b"old")
+    with local_store.open_seekable("data/a/x.jpg") as reader:
+        local_store.put_bytes("data/a/x.jpg", b"new", durable=False)
+        assert (
+            reader.read() == b"old"
+        )  # the reader keeps the object it opened: replaced, not rewritten in place
+    assert local_store.read_bytes("data/a/x.jpg") == b"new"
+    assert list((local_store.root / LocalStore.TMP_DIR).iterdir()) == []
+    assert [o.key for o in local_store.list("data/")] == ["data/a/x.jpg"]
+
+
+def test_a_name_the_folder_cannot_hold_is_unstorable_and_leaves_nothing(local_store):
+    local_store.put_bytes("data/a", b"a file where a folder is wanted")
+    local_store.put_bytes("data/b/c.jpg", b"c")
+    with pytest.raises(UnstorableKey, match="data/a/x.jpg"):
+        local_store.put_bytes("data/a/x.jpg", b"x")
+    with pytest.raises(UnstorableKey, match="data/b"):
+        local_store.put_bytes("data/b", b"a file where a folder is")
+    assert sorted(o.key for o in local_store.list("data/")) == ["data/a", "data/b/c.jpg"]
+    assert list((local_store.root / LocalStore.TMP_DIR).iterdir()) == []
 
 
 def new_s3_store(endpoint: str) -> S3Store:
@@ -93,13 +129,14 @@ def test_writes_with_deferred_durability_publish_the_same_way(store):
     assert store.read_bytes("d/y.bin") == b"streamed"
 
 
-def test_local_store_remakes_folders_removed_behind_its_back(tmp_path):
+def test_local_store_remakes_folders_removed_behind_its_back(local_store, tmp_path):
     """The store remembers the folders it made; one removed meanwhile (data/ cleared by hand, .tmp/ too) is made
     again instead of failing the write."""
-    store = LocalStore(tmp_path / "store")
+    store = local_store
     store.put_bytes("data/a/1.jpg", b"1")
+    assert (tmp_path / "store" / LocalStore.TMP_DIR).exists() != store.unnamed_files
     shutil.rmtree(tmp_path / "store" / "data")
-    shutil.rmtree(tmp_path / "store" / LocalStore.TMP_DIR)
+    shutil.rmtree(tmp_path / "store" / LocalStore.TMP_DIR, ignore_errors=True)
     store.put_bytes("data/a/2.jpg", b"2", durable=False)
     assert store.read_bytes("data/a/2.jpg") == b"2"
     assert [o.key for o in store.list("data/")] == ["data/a/2.jpg"]
