@@ -2,10 +2,13 @@
 
 `shard_file` reads an archive's directory (zip central directory; a tar is one shard since it can only be streamed)
 and writes each shard's member list to `work/`. `extract` streams one shard's byte range from the store, and for every
-member, in a thread pool (zlib, hashlib and Pillow's decoders release the GIL, so threads use every core): inflate and
-check it, hash it, decode it for the trainer's verdict (a JPEG at 1/8 scale, which decides the same; `images.py`),
-write it under `data/<layout path>` (or `quarantine/<source>/` with the reason), and produce its manifest row. The rows go to one small Parquet part per shard, written after one flush of the store
-(`Store.sync`) rather than an fsync per image: the part is the shard's commit record.
+member, in a thread pool (zlib, hashlib and Pillow's decoders release the GIL): inflate and check it, hash it, decode
+it for the trainer's verdict (a JPEG at 1/8 scale, which decides the same; `images.py`), write it under
+`data/<layout path>` (or `quarantine/<source>/` with the reason), and produce its manifest row. A zip shard of some
+size on a local store is cut among forked worker processes, each reading a contiguous part of its byte range
+(`worker_parts`): threads of one process, sharing its interpreter lock, left part of a core idle. The rows go to one
+small Parquet part per shard, written after one flush of the store (`Store.sync`) rather than an fsync per image: the
+part is the shard's commit record.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from mgdata.archive import (
     ArchiveError,
     Member,
     MemberError,
+    Shard,
     escape_name,
     flat_name,
     inflate,
@@ -38,6 +42,7 @@ from mgdata.archive import (
     unsafe_reason,
 )
 from mgdata.catalog import RemoteFile
+from mgdata.forked import WorkerDied, forked_map
 from mgdata.images import DEFAULT_MAX_PIXELS, check_image
 from mgdata.run import Run, SourceFailed, raw_key
 from mgdata.settings import env_int
@@ -70,29 +75,35 @@ def decode_budget() -> int:
 class PixelBudget:
     """A semaphore weighted by pixels: a decode of w x h pixels waits until that many are free. Requests are served
     in arrival order (a large image is not starved by a stream of small ones); one larger than the whole budget
-    runs alone."""
+    runs alone. Its counters and lock live in shared memory, so the worker processes an extract forks after it is
+    made (`forked.forked_map`) draw on the same budget as the threads of the process that made it."""
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.used = 0
-        self._queue: deque[object] = deque()
-        self._cond = threading.Condition()
+        fork = multiprocessing.get_context("fork")
+        self._counters = fork.RawArray("q", 3)  # pixels in use, next ticket, ticket being served
+        self._cond = fork.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._counters[0]
 
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         pixels = max(0, min(pixels, self.limit))
-        ticket = object()
+        c = self._counters
         with self._cond:
-            self._queue.append(ticket)
-            self._cond.wait_for(lambda: self._queue[0] is ticket and self.used + pixels <= self.limit)
-            self._queue.popleft()
-            self.used += pixels
+            ticket = c[1]
+            c[1] += 1
+            self._cond.wait_for(lambda: c[2] == ticket and c[0] + pixels <= self.limit)
+            c[2] += 1
+            c[0] += pixels
             self._cond.notify_all()
         try:
             yield
         finally:
             with self._cond:
-                self.used -= pixels
+                c[0] -= pixels
                 self._cond.notify_all()
 
 
@@ -117,6 +128,63 @@ def return_large_buffers() -> None:
     libc = libc_or_none()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(_M_MMAP_THRESHOLD, 8 * 1024 * 1024)
+
+
+class Inflight:
+    """Calls on a thread pool, at most `limit` of them pending so memory stays bounded, whose results are kept in
+    submission order. Without a pool each call runs at once, in the caller's thread."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, limit: int):
+        self.pool, self.limit = pool, limit
+        self.done: list = []
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn, *args) -> Future | None:
+        if self.pool is None:
+            self.done.append(fn(*args))
+            return None
+        future = self.pool.submit(fn, *args)
+        self._pending.append(future)
+        while len(self._pending) > self.limit:
+            self.done.append(self._pending.popleft().result())
+        return future
+
+    def drain(self) -> list:
+        """Every result, once every call has ended (the first error is raised after that)."""
+        try:
+            while self._pending:
+                self.done.append(self._pending.popleft().result())
+        finally:
+            for future in self._pending:
+                future.cancel()
+        done, self.done = self.done, []
+        return done
+
+
+def extract_processes() -> int:
+    """Worker processes per zip shard on a store they may share (a local folder): `MGDATA_EXTRACT_PROCESSES`, else
+    the cores; 1 keeps a shard in one process.
+
+    Threads of one process share its interpreter lock, and with images of about 160 KB each a dozen lock hand-offs
+    per image (read, inflate, decode, hash, write) left about 0.4 of a core idle on 2 cores whatever the thread
+    count. Forked workers, each reading its own byte range of the shard, keep every core busy. Where one extract
+    task per core already runs at once (LocalExecutor, a Celery worker at concurrency = cores) they add little
+    while all run, and keep every core busy while the last shard runs alone."""
+    return env_int("MGDATA_EXTRACT_PROCESSES", os.cpu_count() or 1)
+
+
+# a worker process's least share of a shard (about 100 photos, a quarter second of work): a smaller one is not
+# worth a fork
+FORK_MIN_BYTES = 16 * 1024 * 1024
+
+
+def worker_parts(members: list[Member], start: int, end: int) -> list[Shard]:
+    """The shard cut into one contiguous byte range per worker process, of at least `FORK_MIN_BYTES` each; []
+    when the shard is to stay in this process."""
+    count = min(extract_processes(), (end - start) // FORK_MIN_BYTES, len(members))
+    if count < 2:
+        return []
+    return plan_zip_shards(members, shard_bytes=-(-(end - start) // count), max_shards=count)
 
 
 def path_problem(path: str) -> str | None:
@@ -393,25 +461,36 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
         reason = unsafe_reason(member, max_member_bytes=d.max_member_bytes) or clash
         return land(member, None if reason else data, reason, replaces=replaces)
 
-    pending: deque[Future] = deque()
     workers = extract_threads()
+    label = f"source {source!r}, file {f.name}, shard {index}"
+
+    def read_part(part: Shard, inflight: Inflight) -> None:
+        with store.open_range(key, part.start, part.end) as stream:
+            for member, raw in iter_zip_shard(
+                stream, part.select(members), part.start, max_member_bytes=d.max_member_bytes
+            ):
+                inflight.submit(from_zip, member, raw)
+
+    def worker(part: Shard) -> list[dict]:
+        """A forked worker's share of the shard: its own byte range, its own threads."""
+        threads = max(1, workers // len(parts))
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"extract-{source}") as own:
+            inflight = Inflight(own if threads > 1 else None, 4 * threads)
+            read_part(part, inflight)
+            return inflight.drain()
+
     with ThreadPoolExecutor(workers, thread_name_prefix=f"extract-{source}") as pool:
-
-        def submit(fn, *args) -> Future:
-            future = pool.submit(fn, *args)
-            pending.append(future)
-            while len(pending) > 4 * workers:  # bounded memory: at most this many members in flight
-                rows.append(pending.popleft().result())
-            return future
-
+        inflight = Inflight(pool, 4 * workers)
+        submit = inflight.submit
         try:
             if spec["archive"] == "zip":
                 members = [Member(**m) for m in spec["members"]]
-                with store.open_range(key, spec["start"], spec["end"]) as stream:
-                    for member, raw in iter_zip_shard(
-                        stream, members, spec["start"], max_member_bytes=d.max_member_bytes
-                    ):
-                        submit(from_zip, member, raw)
+                parts = worker_parts(members, spec["start"], spec["end"]) if store.fork_safe else []
+                if parts:  # forked before this pool starts a thread, so the workers take none of them along
+                    for part_rows in forked_map(worker, parts, label=label):
+                        rows += part_rows
+                else:
+                    read_part(Shard(0, spec["start"], spec["end"], 0, len(members)), inflight)
             elif spec["archive"] in ("tar", "tar.gz"):
                 # A tar can hold a name twice: the last member wins (as `tar -x` leaves it). Its work starts once
                 # the earlier one's is done, and removes the earlier object, so the stored bytes are always the
@@ -461,11 +540,10 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                 with store.open_range(key) as src, store.writer(f.target) as out:
                     while chunk := src.read(4 * 1024 * 1024):
                         out.write(chunk)
-        except ArchiveError as e:
-            raise SourceFailed(f"source {source!r}, file {f.name}, shard {index}: {e}") from e
+        except (ArchiveError, WorkerDied) as e:
+            raise SourceFailed(f"{label}: {e}" if isinstance(e, ArchiveError) else str(e)) from e
         finally:
-            while pending:
-                rows.append(pending.popleft().result())
+            rows += inflight.drain()
 
     # One row per path, the last member's (rows are in archive order): a shadowed duplicate leaves no row.
     rows = list({r["path"]: r for r in rows}.values())

@@ -92,6 +92,13 @@ VARIABLES: tuple[Variable, ...] = (
         "extract",
     ),
     Variable(
+        "MGDATA_EXTRACT_PROCESSES",
+        "worker processes a zip shard of 32 MiB or more is cut among on a local-folder store (forked, each with"
+        " its own range of the shard); 1: threads only",
+        "the cores",
+        "extract",
+    ),
+    Variable(
         "MGDATA_DECODE_MPIXELS",
         "million pixels decoded at once per extract task (the decode memory budget)",
         "the per-image limit, 89.5",

@@ -16,3 +16,17 @@ def mirror(tmp_path_factory):
     with MirrorServer(root) as srv:
         catalog = write_catalog(root, srv.base_url, replicas, shard_bytes=8 * 1024 * 1024)
         yield srv, str(catalog), replicas[0]
+
+
+@pytest.fixture(params=["threads", "forked workers"])
+def shard_workers(request, monkeypatch):
+    """Run a test twice: its zip shards on one process's threads, then cut among 3 forked worker processes however
+    small they are (`extract.worker_parts`)."""
+    from mgdata import extract
+
+    if request.param == "forked workers":
+        monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
+        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
+    else:
+        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "1")
+    return request.param

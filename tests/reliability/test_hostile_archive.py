@@ -23,6 +23,8 @@ from mgdata.ingest import Run, ingest_source
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 
+pytestmark = pytest.mark.usefixtures("shard_workers")  # every case on threads and on forked workers
+
 SOURCE = "ai2d"
 PREFIX = "ai2d/images/"
 STORE_PREFIXES = {"raw", "data", "quarantine", "manifests", "state", "runs", "work"}

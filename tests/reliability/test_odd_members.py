@@ -25,6 +25,8 @@ from mgdata.report import assemble_run
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 
+pytestmark = pytest.mark.usefixtures("shard_workers")  # every case on threads and on forked workers
+
 GOOD = {f"{PREFIX}good{i}.png": png((i * 40, 10, 200)) for i in range(3)}
 LONG = "x" * 300 + ".png"
 CLASHING = [

@@ -41,9 +41,13 @@ from mgdata.ingest import Run, fetch_file, plan_source, plan_shards, extract_sha
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore
 stage, storage, catalog = sys.argv[1:4]
+forked = len(sys.argv) > 4
+if forked:  # this shard into forked worker processes, however small
+    import mgdata.extract
+    mgdata.extract.FORK_MIN_BYTES = 1
 if stage == "extract":  # a slow store: the kill lands between two image writes
-    put = LocalStore.put_bytes
-    LocalStore.put_bytes = lambda self, key, data, **kw: (time.sleep(0.05), put(self, key, data, **kw))[1]
+    put, pause = LocalStore.put_bytes, 0.3 if forked else 0.05
+    LocalStore.put_bytes = lambda self, key, data, **kw: (time.sleep(pause), put(self, key, data, **kw))[1]
 run = Run(Settings(storage=storage, catalog=catalog), "run1")
 if stage == "fetch":
     for f in plan_source(run, "ai2d"):
@@ -76,9 +80,11 @@ def undisturbed(mirror, tmp_path_factory):
     return snapshot(store)
 
 
-def start_child(stage: str, storage: str, catalog: str, env: dict | None = None) -> subprocess.Popen:
+def start_child(
+    stage: str, storage: str, catalog: str, env: dict | None = None, *, forked: bool = False
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, stage, storage, catalog],
+        [sys.executable, "-c", CHILD, stage, storage, catalog, *(["forked"] * forked)],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -132,15 +138,37 @@ def test_local_store_sigkill_during_fetch_then_retry(mirror, undisturbed, tmp_pa
     assert snapshot(store) == undisturbed
 
 
-def test_local_store_sigkill_during_extract_then_retry(mirror, undisturbed, tmp_path):
+def processes_running(code: str) -> list[int]:
+    """Live processes running `python -c code` (a task process and the workers it forked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and code.encode() in (entry / "cmdline").read_bytes():
+                if (entry / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@pytest.mark.parametrize("workers", ["threads", "forked workers"])
+def test_local_store_sigkill_during_extract_then_retry(mirror, undisturbed, tmp_path, workers):
+    """Killed mid-shard, with the shard's members on threads or in worker processes the task forked: no manifest
+    part, only whole images, no worker left writing, and the retry ends as an undisturbed run."""
     _, catalog, _ = mirror
     store = LocalStore(tmp_path / "store")
     run = Run(Settings(storage=store.url, catalog=catalog), RUN_ID)
     for f in plan_source(run, SOURCE):
         fetch_file(run, SOURCE, f["file"])
 
-    child = start_child("extract", store.url, catalog)
-    kill_when(child, lambda: len(list(store.list("data/"))) >= 5, "extract")
+    forked = workers == "forked workers"
+    child = start_child("extract", store.url, catalog, {"MGDATA_EXTRACT_PROCESSES": "3"}, forked=forked)
+    ready = (lambda: len(processes_running(CHILD)) == 4) if forked else (lambda: True)
+    kill_when(child, lambda: ready() and len(list(store.list("data/"))) >= 5, "extract")
+    deadline = time.monotonic() + 1  # the workers had seconds of writes left
+    while processes_running(CHILD) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert processes_running(CHILD) == []  # the forked workers died with their task
     assert (
         list(store.list(manifest.parts_prefix(SOURCE))) == []
     )  # killed mid-shard: its manifest part not written

@@ -71,6 +71,9 @@ class ObjectWriter(ABC):
 
 class Store(ABC):
     url: str
+    # A process forked from one using this store object may go on using it (extract's worker processes do). Not
+    # so for a store holding pooled network connections, which parent and child would then share.
+    fork_safe: bool = False
 
     def describe(self, key: str) -> str:
         """The full address of a key, for messages and reports."""
