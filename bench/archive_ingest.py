@@ -8,16 +8,20 @@ photo-like pictures at quality 90, drawn from a pool of distinct ones), serves i
 local store (not timed). Then, interleaved `--rounds` times, from the same zip:
 
 - ours, twice: plan_shards, extract_shard for every shard, finalize_source (inflate, CRC, sha256, image check,
-  store write, manifest), the stages the DAG runs, on shards of the shipped catalog's 256 MiB. First as an executor
-  runs the mapped extract tasks with one slot per core (LocalExecutor's parallelism or a Celery worker's
-  concurrency = cores): a fresh process per shard, `cores` at a time, each with MGDATA_EXTRACT_THREADS=2; then
-  in this process as `ingest.ingest_source` runs them (`extract_shards`: two shards at a time, each on extract's
-  default thread pool).
-  Airflow's own per-task start-up (about a second per task instance) is not in either figure.
+  store write, manifest), the stages the DAG runs, on shards of the shipped catalog's 256 MiB, each shard cut among
+  forked worker processes (MGDATA_EXTRACT_PROCESSES, the cores). First as an executor runs the mapped extract tasks
+  with one slot per core (LocalExecutor's parallelism or a Celery worker's concurrency = cores): a fresh
+  `python -m bench.extract_task` per shard, `cores` at a time, each with MGDATA_EXTRACT_THREADS=2 (its interpreter
+  start and imports, about 0.6 s of CPU, are in the figure; Airflow's own per-task start-up, about a second per task
+  instance, is not); then in this process as `ingest.ingest_source` runs them (`extract_shards`: two shards at a
+  time, each on extract's default thread count).
 - baseline: `unzip -q` of the zip, then one process fully decoding (`Image.load()`) and sha256-hashing every
   extracted file with Pillow: the same work as ours but the store write and manifest;
 - ceiling: one thread fully decoding every JPEG member from memory (only the decode timed), the images/s per core
   that no tool that fully decodes can beat.
+
+Every tool starts on an equal footing: the page cache flushed (`os.sync`, untimed) and no tree freshly deleted (each
+output is set aside until the end: see `set_aside`).
 """
 
 from __future__ import annotations
@@ -27,22 +31,21 @@ import dataclasses
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
 from bench.common import fetch_replica, interleaved, loadavg, min_median
-from mgdata.ingest import Run, extract_shard, extract_shards, finalize_source, plan_shards
-from mgdata.settings import Settings
+from mgdata.ingest import Run, extract_shards, finalize_source, plan_shards
 from offline_mirror.build import build_mirror
 from offline_mirror.media import sha256_file
 
@@ -94,12 +97,6 @@ def resize_members(zip_path: Path, pool: list[bytes], keep: set[str]) -> None:
     os.replace(tmp, zip_path)
 
 
-def extract_in_process(storage: str, catalog: str, shard: str) -> int:
-    """One mapped extract task's work, in a process of its own, as an executor slot runs it."""
-    os.environ["MGDATA_EXTRACT_THREADS"] = str(THREADS_PER_TASK)
-    return extract_shard(Run(Settings(storage=storage, catalog=catalog), "bench"), "coco", shard)["members"]
-
-
 def cpu_seconds() -> float:
     """CPU time of this process and of its finished children."""
     return sum(
@@ -108,17 +105,31 @@ def cpu_seconds() -> float:
     )
 
 
-def timed_ingest(run_: Run, slots: int) -> tuple[float, float, int]:
+def set_aside(path: Path, trash: Path) -> None:
+    """Move a tool's output out of the way, to be deleted after the last round. Deleted at once, its thousands of
+    inodes would make the next tool's file creations dearer: on an ext4 without a journal (this machine's) each new
+    inode is checked against the inodes freed in the last minutes, so the cost of a run would depend on what ran
+    before it."""
+    trash.mkdir(exist_ok=True)
+    if path.exists():
+        os.rename(path, trash / f"{len(list(trash.iterdir()))}")
+
+
+def timed_ingest(run_: Run, slots: int, trash: Path) -> tuple[float, float, int]:
     """plan_shards, every extract (in this process when `slots` is 0, else one fresh process per shard, `slots` at
     a time) and finalize_source on a clean store: (wall seconds, CPU seconds, members)."""
-    shutil.rmtree(run_.store.local_path("data"), ignore_errors=True)
+    set_aside(run_.store.local_path("data"), trash)
     cpu, t = cpu_seconds(), time.perf_counter()
     shards = plan_shards(run_, "coco")
     if slots:
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(slots, mp_context=spawn, max_tasks_per_child=1) as pool:
-            args = [(run_.settings.storage, run_.settings.catalog, s) for s in shards]
-            members = sum(pool.map(extract_in_process, *zip(*args, strict=True)))
+
+        def task(shard: str) -> int:
+            args = [run_.settings.storage, run_.settings.catalog, shard, str(THREADS_PER_TASK)]
+            cmd = [sys.executable, "-m", "bench.extract_task", *args]
+            return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+        with ThreadPoolExecutor(slots) as pool:
+            members = sum(pool.map(task, shards))
     else:
         members = sum(r["members"] for r in extract_shards(run_, "coco", shards))
     finalize_source(run_, "coco")
@@ -154,15 +165,17 @@ def run(images: int = 5000, kb: int = 160, rounds: int = 3) -> list[dict]:
             paths = sorted(p for p in (work / "unzipped").rglob("*") if p.is_file())
             decode_all(paths)
             got["baseline"].append((0.0, cpu_seconds() - cpu, len(paths)))
-            shutil.rmtree(work / "unzipped")
+            set_aside(work / "unzipped", trash)
 
+        trash = work / "trash"  # on the store's filesystem, so a rename moves a whole tree
         times = interleaved(
             {
-                "slots": lambda: got["slots"].append(timed_ingest(run_, cores)),
-                "serial": lambda: got["serial"].append(timed_ingest(run_, 0)),
+                "slots": lambda: got["slots"].append(timed_ingest(run_, cores, trash)),
+                "serial": lambda: got["serial"].append(timed_ingest(run_, 0, trash)),
                 "baseline": baseline,
             },
             rounds,
+            settle=os.sync,  # ours flushes the store once per shard: not the page cache the last tool left dirty
         )
 
         decoding, decoded = 0.0, 0

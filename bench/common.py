@@ -56,13 +56,18 @@ def loadavg() -> str:
         return "n/a"
 
 
-def interleaved(tools: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, list[float]]:
+def interleaved(
+    tools: dict[str, Callable[[], object]], rounds: int = 3, *, settle: Callable[[], object] | None = None
+) -> dict[str, list[float]]:
     """Wall seconds of every tool, `rounds` times, interleaved (round r starts with tool r mod n, so no tool always
-    runs first or right after the same neighbour): a load spike on a shared machine hits every tool alike."""
+    runs first or right after the same neighbour): a load spike on a shared machine hits every tool alike.
+    `settle` runs, untimed, before each tool (e.g. `os.sync`, so no tool flushes what the one before it wrote)."""
     names = list(tools)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if settle is not None:
+                settle()
             t = time.perf_counter()
             tools[name]()
             times[name].append(time.perf_counter() - t)
