@@ -163,14 +163,17 @@ class Inflight:
 
 def extract_processes() -> int:
     """Worker processes per zip shard on a store they may share (a local folder): `MGDATA_EXTRACT_PROCESSES`, else
-    the cores; 1 keeps a shard in one process.
+    the cores this process may run on; never more than the task's threads (`extract_threads`), which they share out,
+    so a task runs as many members at once either way; 1 keeps a shard in one process.
 
     Threads of one process share its interpreter lock, and with images of about 160 KB each a dozen lock hand-offs
-    per image (read, inflate, decode, hash, write) left about 0.4 of a core idle on 2 cores whatever the thread
-    count. Forked workers, each reading its own byte range of the shard, keep every core busy. Where one extract
-    task per core already runs at once (LocalExecutor, a Celery worker at concurrency = cores) they add little
-    while all run, and keep every core busy while the last shard runs alone."""
-    return env_int("MGDATA_EXTRACT_PROCESSES", os.cpu_count() or 1)
+    per image (read, inflate, decode, hash, write) left 0.2-0.4 of a core idle on 2 cores whatever the thread count.
+    Forked workers, each reading its own byte range of the shard, keep every core busy. Where an executor runs one
+    extract task per core at once (LocalExecutor, a Celery worker at concurrency = cores, with
+    `MGDATA_EXTRACT_THREADS=2`) each task forks two workers of one thread: busy cores while the last shard runs
+    alone, and no more processes than threads before."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(env_int("MGDATA_EXTRACT_PROCESSES", cores), extract_threads()))
 
 
 # a worker process's least share of a shard (about 100 photos, a quarter second of work): a smaller one is not
@@ -462,7 +465,6 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
         return land(member, None if reason else data, reason, replaces=replaces)
 
     workers = extract_threads()
-    label = f"source {source!r}, file {f.name}, shard {index}"
 
     def read_part(part: Shard, inflight: Inflight) -> None:
         with store.open_range(key, part.start, part.end) as stream:
@@ -487,7 +489,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                 members = [Member(**m) for m in spec["members"]]
                 parts = worker_parts(members, spec["start"], spec["end"]) if store.fork_safe else []
                 if parts:  # forked before this pool starts a thread, so the workers take none of them along
-                    for part_rows in forked_map(worker, parts, label=label):
+                    for part_rows in forked_map(worker, parts):
                         rows += part_rows
                 else:
                     read_part(Shard(0, spec["start"], spec["end"], 0, len(members)), inflight)
@@ -541,7 +543,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                     while chunk := src.read(4 * 1024 * 1024):
                         out.write(chunk)
         except (ArchiveError, WorkerDied) as e:
-            raise SourceFailed(f"{label}: {e}" if isinstance(e, ArchiveError) else str(e)) from e
+            raise SourceFailed(f"source {source!r}, file {f.name}, shard {index}: {e}") from e
         finally:
             rows += inflight.drain()
 

@@ -23,6 +23,7 @@ import os
 import pickle
 import selectors
 import signal
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -38,22 +39,26 @@ class WorkerDied(RuntimeError):
     """A forked worker ended without handing back a result."""
 
 
-def forked_map(fn: Callable[[T], R], items: Sequence[T], *, label: str) -> list[R]:
-    """`[fn(item) for item in items]`, each call in a child process of its own, all at once; `label` names the
-    work in errors (a source, a file, a shard)."""
+def forked_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[fn(item) for item in items]`, each call in a child process of its own, all at once."""
     parent = os.getpid()
     children: dict[int, tuple[int, int]] = {}  # read end of its pipe -> (index, pid)
     reaped: set[int] = set()
     try:
         for index, item in enumerate(items):
             read_end, write_end = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:  # no process to be had (EAGAIN, ENOMEM): the children forked so far are stopped
+                os.close(read_end)
+                os.close(write_end)
+                raise
             if pid == 0:  # the child: never returns
                 os.close(read_end)
                 _run_child(fn, item, write_end, parent)
             os.close(write_end)
             children[read_end] = (index, pid)
-        return _gather(children, reaped, label)
+        return _gather(children, reaped)
     finally:
         for read_end, (_, pid) in children.items():
             if pid not in reaped:  # a reaped child's pid may already be another process's
@@ -72,13 +77,15 @@ def _run_child(fn: Callable, item: object, write_end: int, parent: int) -> None:
             os._exit(1)
         try:
             outcome = ("ok", fn(item))
-        except BaseException as e:  # handed to the parent, which raises it
+        except (
+            BaseException
+        ) as e:  # handed to the parent, which raises it with the child's traceback as a note
+            e.add_note(f"in forked worker process {os.getpid()}:\n{traceback.format_exc().rstrip()}")
             outcome = ("error", e)
         try:
             payload = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-        except (
-            Exception
-        ) as e:  # an exception that cannot be pickled: its type and message still reach the parent
+        except Exception as e:
+            # a result or an exception that cannot be pickled: its type and message still reach the parent
             shown = outcome[1] if outcome[0] == "error" else e
             payload = pickle.dumps(("error", RuntimeError(f"{type(shown).__name__}: {shown}")))
         with os.fdopen(write_end, "wb") as out:
@@ -88,7 +95,7 @@ def _run_child(fn: Callable, item: object, write_end: int, parent: int) -> None:
         os._exit(code)
 
 
-def _gather(children: dict[int, tuple[int, int]], reaped: set[int], label: str) -> list:
+def _gather(children: dict[int, tuple[int, int]], reaped: set[int]) -> list:
     results: list = [None] * len(children)
     received: dict[int, list[bytes]] = {fd: [] for fd in children}
     with selectors.DefaultSelector() as selector:
@@ -106,12 +113,15 @@ def _gather(children: dict[int, tuple[int, int]], reaped: set[int], label: str) 
                 index, pid = children[key.fd]
                 status = _reap(pid)
                 reaped.add(pid)
+                payload = b"".join(received.pop(key.fd))
+                worker = f"worker {index + 1} of {len(children)}"
+                if not payload or status is None or not os.WIFEXITED(status) or os.WEXITSTATUS(status):
+                    # nothing, or half a result: the child died before it finished writing
+                    raise WorkerDied(f"{worker} {_ended(status)}")
                 try:
-                    kind, value = pickle.loads(b"".join(received.pop(key.fd)))
-                except Exception:  # nothing, or half a result: the child died before it finished writing
-                    raise WorkerDied(
-                        f"{label}: worker {index + 1} of {len(children)} {_ended(status)}"
-                    ) from None
+                    kind, value = pickle.loads(payload)
+                except Exception as e:
+                    raise WorkerDied(f"{worker} handed back a result that cannot be read: {e}") from None
                 if kind == "error":
                     raise value
                 results[index] = value

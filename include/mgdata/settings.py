@@ -94,8 +94,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "MGDATA_EXTRACT_PROCESSES",
         "worker processes a zip shard of 32 MiB or more is cut among on a local-folder store (forked, each with"
-        " its own range of the shard); 1: threads only",
-        "the cores",
+        " its own range of the shard, sharing the task's threads out); 1: threads only",
+        "the cores, at most `MGDATA_EXTRACT_THREADS`",
         "extract",
     ),
     Variable(

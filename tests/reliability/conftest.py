@@ -27,6 +27,7 @@ def shard_workers(request, monkeypatch):
     if request.param == "forked workers":
         monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
         monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
+        monkeypatch.setenv("MGDATA_EXTRACT_THREADS", "3")
     else:
         monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "1")
     return request.param

@@ -63,12 +63,15 @@ def forking(monkeypatch):
     """Every zip shard, however small, cut among 3 worker processes; the parts each call forked are recorded."""
     monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
     monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
+    monkeypatch.setenv(
+        "MGDATA_EXTRACT_THREADS", "3"
+    )  # whatever this machine's cores: 3 workers of one thread
     calls: list[int] = []
     real = extract.forked_map
 
-    def recording(fn, items, *, label):
+    def recording(fn, items):
         calls.append(len(items))
-        return real(fn, items, label=label)
+        return real(fn, items)
 
     monkeypatch.setattr(extract, "forked_map", recording)
     return calls

@@ -162,7 +162,13 @@ def test_local_store_sigkill_during_extract_then_retry(mirror, undisturbed, tmp_
         fetch_file(run, SOURCE, f["file"])
 
     forked = workers == "forked workers"
-    child = start_child("extract", store.url, catalog, {"MGDATA_EXTRACT_PROCESSES": "3"}, forked=forked)
+    child = start_child(
+        "extract",
+        store.url,
+        catalog,
+        {"MGDATA_EXTRACT_PROCESSES": "3", "MGDATA_EXTRACT_THREADS": "3"},
+        forked=forked,
+    )
     ready = (lambda: len(processes_running(CHILD)) == 4) if forked else (lambda: True)
     kill_when(child, lambda: ready() and len(list(store.list("data/"))) >= 5, "extract")
     deadline = time.monotonic() + 1  # the workers had seconds of writes left
