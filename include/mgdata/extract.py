@@ -76,35 +76,59 @@ class PixelBudget:
     """A semaphore weighted by pixels: a decode of w x h pixels waits until that many are free. Requests are served
     in arrival order (a large image is not starved by a stream of small ones); one larger than the whole budget
     runs alone. Its counters and lock live in shared memory, so the worker processes an extract forks after it is
-    made (`forked.forked_map`) draw on the same budget as the threads of the process that made it."""
+    made (`forked.forked_map`) draw on the same budget as the threads of the process that made it.
+
+    Built to survive a worker killed at any point. A waiter polls (0.5 ms, backing off to 10 ms) instead of sleeping
+    on a condition, whose notify would wait for a dead sleeper's wake-up for ever. A worker killed while queued or
+    holding would leave its ticket or its pixels taken for good: `abandon()` then lets every waiter through, and
+    `pixel_budget` makes a new budget for the extracts that follow. The lock is held only for a few counter updates;
+    a waiter gives up on it once the budget is abandoned."""
 
     def __init__(self, limit: int):
         self.limit = limit
         fork = multiprocessing.get_context("fork")
-        self._counters = fork.RawArray("q", 3)  # pixels in use, next ticket, ticket being served
-        self._cond = fork.Condition()
+        self._counters = fork.RawArray("q", 4)  # pixels in use, next ticket, ticket being served, abandoned
+        self._lock = fork.Lock()
 
     @property
     def used(self) -> int:
         return self._counters[0]
 
+    def _locked(self) -> bool:
+        """Take the lock, or False once the budget is abandoned (its holder may be dead)."""
+        while not self._lock.acquire(timeout=0.05):
+            if self._counters[3]:
+                return False
+        return True
+
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         pixels = max(0, min(pixels, self.limit))
-        c = self._counters
-        with self._cond:
-            ticket = c[1]
-            c[1] += 1
-            self._cond.wait_for(lambda: c[2] == ticket and c[0] + pixels <= self.limit)
-            c[2] += 1
-            c[0] += pixels
-            self._cond.notify_all()
+        c, ticket, held, pause = self._counters, None, False, 0.0005
+        while not c[3] and self._locked():
+            try:
+                if ticket is None:
+                    ticket, c[1] = c[1], c[1] + 1
+                if c[2] == ticket and c[0] + pixels <= self.limit:
+                    c[2], c[0], held = c[2] + 1, c[0] + pixels, True
+            finally:
+                self._lock.release()
+            if held:
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, 0.01)
         try:
             yield
         finally:
-            with self._cond:
+            if held and self._locked():
                 c[0] -= pixels
-                self._cond.notify_all()
+                self._lock.release()
+
+    def abandon(self) -> None:
+        """Let every waiter through, now and from now on: a process that drew on the budget is gone. One aligned
+        store, taken without the lock (which the dead process may hold)."""
+        self._counters[3] = 1
+        pixel_budget.cache_clear()
 
 
 @functools.cache
@@ -489,7 +513,7 @@ def extract(run: Run, source: str, shard_id: str) -> dict:
                 members = [Member(**m) for m in spec["members"]]
                 parts = worker_parts(members, spec["start"], spec["end"]) if store.fork_safe else []
                 if parts:  # forked before this pool starts a thread, so the workers take none of them along
-                    for part_rows in forked_map(worker, parts):
+                    for part_rows in forked_map(worker, parts, on_lost=budget.abandon):
                         rows += part_rows
                 else:
                     read_part(Shard(0, spec["start"], spec["end"], 0, len(members)), inflight)

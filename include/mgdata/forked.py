@@ -10,7 +10,8 @@ lock left a core partly idle however many there were.
   no `atexit` hook, no buffered output and no finalizer of the parent runs twice.
 - The parent reads every pipe at once, so a child that dies without a result (a signal, the OOM killer) is seen
   as soon as it dies: the other children are killed and `WorkerDied` names the one that died and how.
-- A child's exception is raised again in the parent once every child is stopped; the others' work is dropped.
+- A child's exception is raised again in the parent once the other children have ended (killed, they could leave
+  shared state held); their work is dropped.
 - A child dies with its parent (Linux `PR_SET_PDEATHSIG`), so a task killed mid-extract leaves no worker writing
   behind it. The signal is sent when the thread that forked ends, and that thread is the one waiting here.
 
@@ -39,11 +40,18 @@ class WorkerDied(RuntimeError):
     """A forked worker ended without handing back a result."""
 
 
-def forked_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """`[fn(item) for item in items]`, each call in a child process of its own, all at once."""
+def forked_map(
+    fn: Callable[[T], R], items: Sequence[T], *, on_lost: Callable[[], object] | None = None
+) -> list[R]:
+    """`[fn(item) for item in items]`, each call in a child process of its own, all at once.
+
+    `on_lost` is called once when a child ended abnormally (it died, or it was killed here because another died or
+    the parent was interrupted): state a child shares with others, such as a semaphore in shared memory, may then
+    be left held by a process that is gone."""
     parent = os.getpid()
     children: dict[int, tuple[int, int]] = {}  # read end of its pipe -> (index, pid)
     reaped: set[int] = set()
+    lost = False
     try:
         for index, item in enumerate(items):
             read_end, write_end = os.pipe()
@@ -59,12 +67,18 @@ def forked_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
             os.close(write_end)
             children[read_end] = (index, pid)
         return _gather(children, reaped)
+    except WorkerDied:
+        lost = True
+        raise
     finally:
         for read_end, (_, pid) in children.items():
             if pid not in reaped:  # a reaped child's pid may already be another process's
                 os.kill(pid, signal.SIGKILL)
                 _reap(pid)
+                lost = True
             os.close(read_end)
+        if lost and on_lost is not None:
+            on_lost()
 
 
 def _run_child(fn: Callable, item: object, write_end: int, parent: int) -> None:
@@ -96,8 +110,11 @@ def _run_child(fn: Callable, item: object, write_end: int, parent: int) -> None:
 
 
 def _gather(children: dict[int, tuple[int, int]], reaped: set[int]) -> list:
+    """Every child's result in item order. A child's exception is raised once the others have ended (they may hold
+    shared state; their work is dropped); a child that died raises `WorkerDied` at once."""
     results: list = [None] * len(children)
     received: dict[int, list[bytes]] = {fd: [] for fd in children}
+    first_error: BaseException | None = None
     with selectors.DefaultSelector() as selector:
         for fd in children:
             selector.register(fd, selectors.EVENT_READ)
@@ -123,8 +140,11 @@ def _gather(children: dict[int, tuple[int, int]], reaped: set[int]) -> list:
                 except Exception as e:
                     raise WorkerDied(f"{worker} handed back a result that cannot be read: {e}") from None
                 if kind == "error":
-                    raise value
-                results[index] = value
+                    first_error = first_error or value
+                else:
+                    results[index] = value
+    if first_error is not None:
+        raise first_error
     return results
 
 

@@ -69,9 +69,9 @@ def forking(monkeypatch):
     calls: list[int] = []
     real = extract.forked_map
 
-    def recording(fn, items):
+    def recording(fn, items, **kw):
         calls.append(len(items))
-        return real(fn, items)
+        return real(fn, items, **kw)
 
     monkeypatch.setattr(extract, "forked_map", recording)
     return calls

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mgdata.extract import PixelBudget
+from mgdata.extract import PixelBudget, pixel_budget
 from mgdata.forked import WorkerDied, forked_map
 
 
@@ -134,7 +134,7 @@ def test_the_pixel_budget_is_one_budget_across_forked_workers(tmp_path):
                 time.sleep(0.01)
         return budget.used
 
-    worker = threading.Thread(target=lambda: forked_map(hold_all, [0]))
+    worker = threading.Thread(target=lambda: forked_map(hold_all, [0]), daemon=True)
     worker.start()
     try:
         assert wait_for(lambda: budget.used == 1000)  # the child's hold, seen from the parent
@@ -144,7 +144,7 @@ def test_the_pixel_budget_is_one_budget_across_forked_workers(tmp_path):
             with budget.hold(10):
                 got.set()
 
-        waiting = threading.Thread(target=parent_decode)
+        waiting = threading.Thread(target=parent_decode, daemon=True)
         waiting.start()
         assert not got.wait(0.5)  # the parent's decode waits for the child's pixels
         release.touch()
@@ -154,3 +154,54 @@ def test_the_pixel_budget_is_one_budget_across_forked_workers(tmp_path):
         release.touch()
         worker.join()
     assert budget.used == 0
+
+
+def test_after_a_childs_error_its_siblings_finish_and_nothing_is_lost(tmp_path):
+    """A clean error leaves no child killed mid-work (it could hold shared state): the others end on their own."""
+    lost: list[bool] = []
+
+    def work(n: int) -> int:
+        if n == 0:
+            raise ValueError("broken member")
+        time.sleep(0.5)
+        (tmp_path / "finished").touch()
+        return n
+
+    with pytest.raises(ValueError, match="broken member"):
+        forked_map(work, [0, 1], on_lost=lambda: lost.append(True))
+    assert (tmp_path / "finished").exists() and lost == []
+
+
+def test_a_worker_killed_while_it_holds_pixels_or_waits_for_them_leaves_no_one_waiting_for_good():
+    """Worker 1 dies holding the whole budget, worker 2 is killed while queued behind it: the parent's decode that
+    waited behind both goes through, and the next extract gets a fresh budget."""
+    limit = 1000
+    budget = pixel_budget(limit)
+
+    def work(n: int) -> None:
+        if n == 0:
+            with budget.hold(limit):
+                assert wait_for(lambda: budget._counters[1] >= 3)  # worker 2 and the parent queued behind it
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            assert wait_for(lambda: budget.used == limit)
+            with budget.hold(10):
+                pass
+
+    got = threading.Event()
+
+    def parent_decode() -> None:
+        assert wait_for(lambda: budget._counters[1] >= 2)  # behind worker 1, beside worker 2
+        with budget.hold(10):
+            got.set()
+
+    waiting = threading.Thread(target=parent_decode, daemon=True)
+    waiting.start()
+    with pytest.raises(WorkerDied, match="worker 1 of 2 was killed by signal 9"):
+        forked_map(work, [0, 1], on_lost=budget.abandon)
+    assert got.wait(10), "the parent's decode is still waiting on a dead worker's pixels"
+    waiting.join()
+    fresh = pixel_budget(limit)
+    assert fresh is not budget and fresh.used == 0
+    with fresh.hold(limit):
+        assert fresh.used == limit

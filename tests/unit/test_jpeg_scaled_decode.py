@@ -74,3 +74,37 @@ def test_a_jpeg_is_decoded_at_one_eighth_of_its_size_and_a_png_is_not_scaled():
     Image.new("RGB", (64, 64)).save(png, format="PNG")
     with Image.open(png) as im:
         assert not _load_scaled(im) and im.size == (64, 64)
+
+
+def opened(data: bytes, formats=None) -> tuple:
+    try:
+        with Image.open(BytesIO(data), formats=formats) as im:
+            return im.format, im.size, im.mode
+    except Exception as e:  # what the trainer's Image.open would raise
+        return (type(e).__name__,)
+
+
+def test_pillow_opens_every_variant_as_the_trainers_image_open_does_without_the_openers_left_out():
+    """`images._open_formats` leaves IM, IMT and IPTC out for a file starting 0xFF: the same opener wins (or the
+    same error comes) on every variant of the corpus, and each of the three refuses every such variant."""
+    from PIL import ImImagePlugin, ImtImagePlugin, IptcImagePlugin
+
+    from mgdata.images import _CANNOT_OPEN_0XFF, _open_formats
+
+    assert _CANNOT_OPEN_0XFF == {"IM", "IMT", "IPTC"}
+    left_out = (ImImagePlugin.ImImageFile, ImtImagePlugin.ImtImageFile, IptcImagePlugin.IptcImageFile)
+    differ, accepted, leading_ff = [], [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, data in corpus():
+            if _open_formats(data) != tuple(Image.OPEN):
+                leading_ff += 1
+                for opener in left_out:
+                    try:
+                        opener(BytesIO(data)).close()
+                        accepted.append((name, opener.format))
+                    except SyntaxError:  # what Image.open takes as "not this format" and goes on
+                        pass
+            if opened(data) != opened(data, _open_formats(data)):
+                differ.append(name)
+    assert leading_ff > 10_000 and accepted == [] and differ == []
