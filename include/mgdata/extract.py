@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -45,18 +44,19 @@ from mgdata.catalog import RemoteFile
 from mgdata.forked import WorkerDied, forked_map
 from mgdata.images import DEFAULT_MAX_PIXELS, check_image
 from mgdata.run import Run, SourceFailed, raw_key
-from mgdata.settings import env_int
+from mgdata.settings import env_int, usable_cores
 from mgdata.storage import StoreError, UnstorableKey, check_key, libc_or_none
 
 log = logging.getLogger("mgdata.extract")
 
 
 def extract_threads() -> int:
-    """Threads per extract task: `MGDATA_EXTRACT_THREADS`, else twice the cores (store I/O overlaps decoding).
+    """Threads per extract task: `MGDATA_EXTRACT_THREADS`, else twice the cores this process may run on (store I/O
+    overlaps decoding).
 
     Under an executor that runs one extract task per core at once (LocalExecutor, a Celery worker with
     concurrency = cores), 2 is enough: the task processes already use every core."""
-    return env_int("MGDATA_EXTRACT_THREADS", max(2, (os.cpu_count() or 2) * 2))
+    return env_int("MGDATA_EXTRACT_THREADS", max(2, usable_cores() * 2))
 
 
 NAME_MAX = 255  # bytes per path component on every common filesystem (ext4, XFS, APFS, NTFS in UTF-16 units)
@@ -196,8 +196,7 @@ def extract_processes() -> int:
     extract task per core at once (LocalExecutor, a Celery worker at concurrency = cores, with
     `MGDATA_EXTRACT_THREADS=2`) each task forks two workers of one thread: busy cores while the last shard runs
     alone, and no more processes than threads before."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(env_int("MGDATA_EXTRACT_PROCESSES", cores), extract_threads()))
+    return max(1, min(env_int("MGDATA_EXTRACT_PROCESSES", usable_cores()), extract_threads()))
 
 
 # a worker process's least share of a shard (about 100 photos, a quarter second of work): a smaller one is not

@@ -88,7 +88,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "MGDATA_EXTRACT_THREADS",
         "threads per extract task (inflate, hash, decode, store writes); 2 when a worker runs one extract per core",
-        "twice the cores",
+        "twice the usable cores (the affinity mask)",
         "extract",
     ),
     Variable(
@@ -145,6 +145,13 @@ VARIABLES: tuple[Variable, ...] = (
         "fetch.gdrive",
     ),
 )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a cpuset in a container), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def env_int(variable: str, default: int, *, minimum: int = 1) -> int:
