@@ -20,14 +20,8 @@ def mirror(tmp_path_factory):
 
 @pytest.fixture(params=["threads", "forked workers"])
 def shard_workers(request, monkeypatch):
-    """Run a test twice: its zip shards on one process's threads, then cut among 3 forked worker processes however
-    small they are (`extract.worker_parts`)."""
-    from mgdata import extract
+    """Run a test twice: its zip shards on threads, then on forked workers (`odd_sources.set_shard_workers`)."""
+    from odd_sources import set_shard_workers
 
-    if request.param == "forked workers":
-        monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
-        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
-        monkeypatch.setenv("MGDATA_EXTRACT_THREADS", "3")
-    else:
-        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "1")
+    set_shard_workers(monkeypatch, request.param == "forked workers")
     return request.param

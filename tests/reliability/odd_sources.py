@@ -112,3 +112,16 @@ def snapshot(store) -> dict:
         for o in store.list(prefix)
     }
     return {"objects": objects, "manifest": sorted(rows(store).items())}
+
+
+def set_shard_workers(monkeypatch, forked: bool) -> None:
+    """Zip shards on one process's threads, or cut among 3 forked worker processes of one thread each however small
+    they are (`extract.worker_parts`), whatever this machine's cores."""
+    from mgdata import extract
+
+    if forked:
+        monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
+        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
+        monkeypatch.setenv("MGDATA_EXTRACT_THREADS", "3")
+    else:
+        monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "1")

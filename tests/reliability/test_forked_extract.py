@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+from odd_sources import set_shard_workers
 
 from mgdata import extract, manifest
 from mgdata.check import check_store
@@ -61,11 +62,7 @@ def extract_all(run: Run) -> None:
 @pytest.fixture
 def forking(monkeypatch):
     """Every zip shard, however small, cut among 3 worker processes; the parts each call forked are recorded."""
-    monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
-    monkeypatch.setenv("MGDATA_EXTRACT_PROCESSES", "3")
-    monkeypatch.setenv(
-        "MGDATA_EXTRACT_THREADS", "3"
-    )  # whatever this machine's cores: 3 workers of one thread
+    set_shard_workers(monkeypatch, forked=True)
     calls: list[int] = []
     real = extract.forked_map
 
@@ -81,11 +78,9 @@ def forking(monkeypatch):
 def in_one_process(mirror, tmp_path_factory):
     _, catalog, _ = mirror
     run = fetched(catalog, tmp_path_factory.mktemp("one-process"))
-    os.environ["MGDATA_EXTRACT_PROCESSES"] = "1"
-    try:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        set_shard_workers(monkeypatch, forked=False)
         extract_all(run)
-    finally:
-        del os.environ["MGDATA_EXTRACT_PROCESSES"]
     return landed(run.store)
 
 

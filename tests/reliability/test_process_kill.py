@@ -31,6 +31,7 @@ from mgdata.ingest import (
 )
 from mgdata.settings import Settings
 from mgdata.storage import LocalStore, S3Store, s3_client
+from mgdata.storage.local import _pid_alive
 
 SOURCE = "ai2d"
 RUN_ID = "run1"
@@ -144,7 +145,7 @@ def processes_running(code: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and code.encode() in (entry / "cmdline").read_bytes():
-                if (entry / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                if _pid_alive(int(entry.name)):  # a zombie writes nothing more
                     found.append(int(entry.name))
         except OSError:  # gone meanwhile
             pass

@@ -9,23 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from mgdata.extract import PixelBudget, pixel_budget
 from mgdata.forked import WorkerDied, forked_map
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for this purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+from mgdata.storage.local import _pid_alive
 
 
 def wait_for(predicate, seconds: float = 10.0) -> bool:
@@ -95,7 +84,7 @@ def test_a_killed_child_is_named_with_its_signal_and_its_siblings_are_stopped(tm
         forked_map(work, [0, 1])
     assert time.monotonic() - started < 30  # not left to sleep its minute out
     (sibling,) = tmp_path.glob("sibling-*")
-    assert not alive(int(sibling.name.split("-")[1]))
+    assert not _pid_alive(int(sibling.name.split("-")[1]))
 
 
 def test_a_child_that_exits_without_a_result_is_named_with_its_status():
@@ -115,10 +104,10 @@ def test_children_die_with_their_parent(tmp_path):
     try:
         assert wait_for(lambda: len(list(tmp_path.glob("child-*"))) == 2, 30)
         children = [int(p.name.split("-")[1]) for p in tmp_path.glob("child-*")]
-        assert all(alive(pid) for pid in children)
+        assert all(_pid_alive(pid) for pid in children)
         parent.kill()
         parent.wait()
-        assert wait_for(lambda: not any(alive(pid) for pid in children))
+        assert wait_for(lambda: not any(_pid_alive(pid) for pid in children))
     finally:
         parent.kill()
 
