@@ -566,6 +566,21 @@ def test_dockerfile_installs_requirements_with_constraints():
     assert "constraints.txt" in copied and "requirements.txt" in copied
 
 
+def test_every_install_compiles_bytecode():
+    """Both installs leave compiled modules behind, so no process compiles Airflow from source on a machine that sets
+    PYTHONDONTWRITEBYTECODE: the image's pip compiles unless told not to, uv only when asked."""
+    for args in pip_installs():
+        assert "--no-compile" not in args, f"Dockerfile installs without bytecode: pip install {' '.join(args)}"
+    lock_install = [
+        line.split()
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if "pip install" in line and "-r requirements-dev.txt" in line
+    ]
+    assert lock_install, "Makefile does not install requirements-dev.txt"
+    for tokens in lock_install:
+        assert "--compile-bytecode" in tokens, f"make venv installs without bytecode: {' '.join(tokens)}"
+
+
 def test_dockerignore_keeps_venv_and_git_out():
     ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".venv", ".git"} <= ignored
