@@ -12,7 +12,7 @@ image is the DAG's `verify` task, in the rehearsal's stage table).
 Then times, in child processes, each JSON checked by its own `verify --fast` command one after the other, and both
 checked by one command (one process per JSON), `--rounds` times interleaved (median and minimum, as the machine is
 shared), and compares each file's part of the reports. Peak RSS is each command's own
-(`RUSAGE_SELF`) and its worker processes' (`RUSAGE_CHILDREN`, the largest of them). `--mgdata DIR` runs the commands
+(VmHWM) and its worker processes' (`RUSAGE_CHILDREN`, the largest of them). `--mgdata DIR` runs the commands
 with DIR (a folder holding another checkout's `mgdata` package) first on the path, to compare two versions.
 """
 
@@ -123,12 +123,15 @@ def verify_args(root: Path, names: tuple[str, ...]) -> list[str]:
     return args
 
 
-# `python -m mgdata` that also writes its own peak RSS and its workers' (the largest), importing nothing else
-CHILD = """import json, resource, sys
+# `python -m mgdata` that also writes its own peak RSS and its workers' (the largest), importing nothing else. Its own
+# is VmHWM, the high-water mark of the memory it runs in: Linux carries ru_maxrss across exec, so RUSAGE_SELF would
+# report the benchmark's size when it forked (GBs while it has just built the JSONs).
+CHILD = """import json, re, resource, sys
 from mgdata.__main__ import main
 code = main(sys.argv[2:])
-peak = {w: round(resource.getrusage(r).ru_maxrss / 1024) for w, r in
-        (("self_mb", resource.RUSAGE_SELF), ("workers_mb", resource.RUSAGE_CHILDREN))}
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())
+peak = {"self_mb": round(int(hwm.group(1)) / 1024),
+        "workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 open(sys.argv[1], "w").write(json.dumps(peak))
 sys.exit(code)
 """
