@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -41,7 +40,7 @@ from mgdata.catalog import CatalogError, load_catalog
 from mgdata.contracts import CONTRACTS
 from mgdata.local_check import Options, Pair, check_pair, check_pairs, ignore_bomb_warnings, new_check
 from mgdata.recipes import RecipeCatalog, RecipeError, load_recipes, needed_stages
-from mgdata.settings import Settings
+from mgdata.settings import Settings, usable_cores
 from mgdata.storage import StoreError
 
 FAST_NOTE = "existence only (--fast): images were not opened; run without --fast for the trainer's verdict"
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--threads",
         type=int,
-        default=max(2, 2 * (os.cpu_count() or 1)),
+        default=max(2, 2 * usable_cores()),
         help="images opened at once (default 2x cores)",
     )
     verify.add_argument("--report", type=Path, help="also write the result as JSON to this file")

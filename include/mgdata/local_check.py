@@ -14,7 +14,6 @@ Memory: each process streams its own pair, so the peak is each process's (one bb
 from __future__ import annotations
 
 import multiprocessing
-import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 from mgdata.annotations import Check, folder_resolver
 from mgdata.contracts import CONTRACTS
+from mgdata.settings import usable_cores
 
 Progress = Callable[[int, int], None]  # (samples, images) so far, over every file
 
@@ -70,7 +70,7 @@ def check_pairs(
 ) -> Check:
     """Check every pair; several at once in `processes` worker processes (default: one per core, at most one per
     pair). One pair, or one process, is checked here, in this process."""
-    processes = min(len(pairs), processes or os.cpu_count() or 1)
+    processes = min(len(pairs), processes or usable_cores())
     if processes <= 1:
         check = new_check(options, progress)
         for pair in pairs:

@@ -25,7 +25,6 @@ sharp shapes and its own noise offset, which makes every member distinct at a fe
 from __future__ import annotations
 
 import json
-import os
 import random
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from mgdata.catalog import SHIPPED_CATALOG, parse_catalog
+from mgdata.settings import usable_cores
 from offline_mirror import hub
 from offline_mirror.media import (
     HTML_PAGE,
@@ -298,7 +298,7 @@ def build_mirror(
     # One thread per source: zlib and some of Pillow's C code release the GIL, so a second core helps a little
     # (measured 18.5 s CPU in 17.6 s wall on a loaded 2-core box). Each source has its own seeded generator,
     # so the output does not depend on scheduling.
-    workers = max(1, min(len(names), workers if workers is not None else (os.cpu_count() or 1)))
+    workers = max(1, min(len(names), workers if workers is not None else usable_cores()))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror-build") as pool:
         replicas = list(pool.map(build_one, names))
     if web_names:

@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from mgdata.catalog import SHIPPED_CATALOG, parse_catalog
+from mgdata.settings import usable_cores
 from offline_mirror import hub, training_json, web_replicas
 from offline_mirror.media import (
     HTML_PAGE,
@@ -449,7 +450,7 @@ def build_rehearsal(
     catalog = parse_catalog(raw)
     jobs = [a for a in ARCHIVES if a.serve != "covers"]
     jobs.sort(key=lambda a: -a.count)  # the long poles first
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or usable_cores())
     with ProcessPoolExecutor(max_workers=workers) as pool:
         covers_future = pool.submit(
             _build_covers, root, next(a for a in ARCHIVES if a.serve == "covers"), scale, seed

@@ -570,7 +570,9 @@ def test_every_install_compiles_bytecode():
     """Both installs leave compiled modules behind, so no process compiles Airflow from source on a machine that sets
     PYTHONDONTWRITEBYTECODE: the image's pip compiles unless told not to, uv only when asked."""
     for args in pip_installs():
-        assert "--no-compile" not in args, f"Dockerfile installs without bytecode: pip install {' '.join(args)}"
+        assert "--no-compile" not in args, (
+            f"Dockerfile installs without bytecode: pip install {' '.join(args)}"
+        )
     lock_install = [
         line.split()
         for line in (ROOT / "Makefile").read_text().splitlines()
