@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench.common import peak_rss_mb
+from bench.rss import peak_rss_mb
 from mgdata import manifest
 from mgdata.annotations import Check
 from mgdata.storage import LocalStore

@@ -3,7 +3,6 @@ mirror replica served and fetched into a local store (the untimed part of the ar
 
 from __future__ import annotations
 
-import resource
 import socket
 import statistics
 import subprocess
@@ -76,13 +75,3 @@ def interleaved(
 
 def min_median(seconds: list[float]) -> tuple[float, float]:
     return min(seconds), statistics.median(seconds)
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS. Linux's ru_maxrss survives exec: a child of a big process (pytest late in a
-    suite) starts with its parent's high-water mark, so the per-mm VmHWM is read where there is one."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

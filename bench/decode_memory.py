@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import peak_rss_mb
+from bench.rss import peak_rss_mb
 from mgdata.extract import extract, shard_file
 from mgdata.run import Run, raw_key
 from mgdata.settings import Settings

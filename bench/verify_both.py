@@ -123,14 +123,13 @@ def verify_args(root: Path, names: tuple[str, ...]) -> list[str]:
     return args
 
 
-# `python -m mgdata` that also writes its own peak RSS and its workers' (the largest), importing nothing else. Its own
-# is VmHWM, the high-water mark of the memory it runs in: Linux carries ru_maxrss across exec, so RUSAGE_SELF would
-# report the benchmark's size when it forked (GBs while it has just built the JSONs).
-CHILD = """import json, re, resource, sys
+# `python -m mgdata` that also writes its own peak RSS (bench.rss: VmHWM, as ru_maxrss would carry the benchmark's size
+# across exec) and its workers' (the largest), importing nothing else
+CHILD = """import json, resource, sys
+from bench.rss import peak_rss_mb
 from mgdata.__main__ import main
 code = main(sys.argv[2:])
-hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())
-peak = {"self_mb": round(int(hwm.group(1)) / 1024),
+peak = {"self_mb": round(peak_rss_mb()),
         "workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 open(sys.argv[1], "w").write(json.dumps(peak))
 sys.exit(code)

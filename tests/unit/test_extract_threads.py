@@ -65,26 +65,3 @@ def test_a_shard_is_cut_into_contiguous_ranges_of_at_least_the_fork_minimum(monk
     assert worker_parts(big[:20], 0, big[19].span_end) == []  # 20 MiB: not worth a fork
     monkeypatch.setattr(extract, "FORK_MIN_BYTES", 1)
     assert len(worker_parts(big[:3], 0, big[2].span_end)) == 3  # never more parts than members
-
-
-def test_verify_counts_the_cores_this_process_may_run_on(monkeypatch):
-    """A verify pinned to one core of a 64-core host opens 2 images at once and checks its JSONs in this process."""
-    from mgdata import local_check
-    from mgdata.__main__ import build_parser
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    args = build_parser().parse_args(
-        ["verify", "--fast", "--data", "d", "--json", "a.json", "--json", "b.json"]
-    )
-    assert args.threads == 2
-
-    def no_workers(method):
-        raise AssertionError("check_pairs started worker processes on a one-core mask")
-
-    checked = []
-    monkeypatch.setattr(local_check.multiprocessing, "get_context", no_workers)
-    monkeypatch.setattr(local_check, "check_pair", lambda check, pair, options: checked.append(pair))
-    pairs = [local_check.Pair("a.json"), local_check.Pair("b.json")]
-    local_check.check_pairs(pairs, local_check.Options(data="d", decode=False, threads=2))
-    assert checked == pairs

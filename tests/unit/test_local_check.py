@@ -4,12 +4,15 @@ one after the other, and a file that cannot be read named in a plain error, from
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mgdata import local_check
+from mgdata.__main__ import build_parser
 from mgdata.catalog import load_catalog
 from mgdata.local_check import Options, Pair, check_pairs
 from mgdata.settings import Settings
@@ -121,3 +124,23 @@ def test_a_file_a_worker_cannot_read_is_named_in_a_plain_error(pairs, tmp_path):
 
     unpaired = verify(tmp_path, [pairs[0], Pair(pairs[2].json)])  # two --json, one --boxes
     assert unpaired.returncode == 2 and "1 --boxes for 2 --json" in unpaired.stderr
+
+
+def test_verify_counts_the_cores_this_process_may_run_on(monkeypatch):
+    """A verify pinned to one core of a 64-core host opens 2 images at once and checks its JSONs in this process."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    args = build_parser().parse_args(
+        ["verify", "--fast", "--data", "d", "--json", "a.json", "--json", "b.json"]
+    )
+    assert args.threads == 2
+
+    def no_workers(method):
+        raise AssertionError("check_pairs started worker processes on a one-core mask")
+
+    checked = []
+    monkeypatch.setattr(local_check.multiprocessing, "get_context", no_workers)
+    monkeypatch.setattr(local_check, "check_pair", lambda check, pair, options: checked.append(pair))
+    pairs = [local_check.Pair("a.json"), local_check.Pair("b.json")]
+    local_check.check_pairs(pairs, local_check.Options(data="d", decode=False, threads=2))
+    assert checked == pairs
